@@ -1,0 +1,127 @@
+"""`Cascade`: ordered stages, each a stage model and the number of candidates it keeps.
+
+Training scores every candidate with every stage in one call (`[S, B, N]`), so a training method
+sees all stages at once and the whole cascade compiles into one program. Serving and evaluation use
+`select`: stage 1 keeps its top k_1 of the valid candidates, stage 2 its top k_2 of those, and so on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from ml_collections import ConfigDict
+
+from cascadejax import models
+from cascadejax.configuration import plain
+from cascadejax.data.schema import FeatureSpec
+from cascadejax.embedding import EmbeddingCollection, EmbeddingConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+  """One stage: a name, a model (by registry name) with its hyperparameters, and its k."""
+
+  name: str
+  model: str
+  k: int
+  model_kwargs: tuple[tuple[str, object], ...] = ()  # a hashable dict, as module fields must be
+
+
+class Cascade(nn.Module):
+  """All stages of a cascade ranking system as one Flax module.
+
+  Attributes:
+    stages: the stages in order (retrieval first).
+    features: the dataset's feature specs, for the embedding component.
+    embedding: table width and whether stages share tables.
+  """
+
+  stages: tuple[StageSpec, ...]
+  features: tuple[FeatureSpec, ...]
+  embedding: EmbeddingConfig = EmbeddingConfig()
+
+  def setup(self):
+    names = [s.name for s in self.stages]
+    if self.embedding.shared:
+      shared = EmbeddingCollection(self.features, self.embedding.dim, name="embedding")
+      self.embedders = {n: shared for n in names}
+    else:
+      self.embedders = {n: EmbeddingCollection(self.features, self.embedding.dim, name=f"embedding_{n}")
+                        for n in names}
+    self.scorers = {s.name: models.get_model(s.model, dict(s.model_kwargs), module_name=f"stage_{s.name}")
+                    for s in self.stages}
+
+  @property
+  def ks(self) -> tuple[int, ...]:
+    return tuple(s.k for s in self.stages)
+
+  def score_stage(self, user: Mapping[str, jax.Array], items: Mapping[str, jax.Array], stage: int,
+                  *, train: bool = False) -> jax.Array:
+    """`[B, N]` scores of stage `stage` (0-based) for every candidate slot."""
+    name = self.stages[stage].name
+    return self.scorers[name](self.embedders[name](user, items), train=train)
+
+  def __call__(self, user: Mapping[str, jax.Array], items: Mapping[str, jax.Array],
+               *, train: bool = False) -> jax.Array:
+    """`[S, B, N]` scores of every stage for every candidate slot (padding slots included)."""
+    return jnp.stack([self.score_stage(user, items, s, train=train) for s in range(len(self.stages))])
+
+
+def stage_param_names(cascade: Cascade, stage: int) -> tuple[str, ...]:
+  """Top-level parameter collections that stage `stage` reads (its embedding and its model)."""
+  name = cascade.stages[stage].name
+  return ("embedding" if cascade.embedding.shared else f"embedding_{name}", f"stage_{name}")
+
+
+def hard_topk(scores: jax.Array, k: int, *, where: jax.Array | None = None) -> jax.Array:
+  """`[..., n]` bool: the top-`k` entries of each list among those where `where` is True.
+
+  Ties are broken towards the lower index. Entries outside `where` are never selected, so a list
+  with fewer than `k` valid entries selects all of them.
+  """
+  if where is None:
+    where = jnp.ones(scores.shape, bool)
+  if not jnp.issubdtype(scores.dtype, jnp.floating):
+    scores = scores.astype(jnp.float32)
+  k = min(k, scores.shape[-1])
+  # Valid entries rank above every invalid one, even at -inf: clamp them to the finite minimum.
+  masked = jnp.where(where, jnp.maximum(scores, jnp.finfo(scores.dtype).min), -jnp.inf)
+  _, idx = jax.lax.top_k(masked, k)
+  chosen = jnp.zeros(scores.shape, bool)
+  chosen = jnp.put_along_axis(chosen, idx, True, axis=-1, inplace=False)
+  return chosen & where
+
+
+def select(stage_scores: jax.Array | Sequence[jax.Array], ks: Sequence[int], *,
+           where: jax.Array) -> jax.Array:
+  """Hard cascade selection.
+
+  Args:
+    stage_scores: `[S, ..., n]` scores of each stage (or a list of S `[..., n]` arrays).
+    ks: the S selection sizes, non-increasing.
+    where: `[..., n]` bool, the valid candidates.
+
+  Returns:
+    `[S, ..., n]` bool: `out[s]` marks the candidates that survive stages 1..s+1, i.e. stage s+1's
+    top k_{s+1} among the survivors of stage s.
+  """
+  alive, out = where, []
+  for scores, k in zip(stage_scores, ks, strict=True):
+    alive = hard_topk(scores, k, where=alive)
+    out.append(alive)
+  return jnp.stack(out)
+
+
+def from_config(config: ConfigDict, features: tuple[FeatureSpec, ...]) -> Cascade:
+  """Builds the `Cascade` of `config.cascade` and `config.embedding` (validated beforehand)."""
+  stages = tuple(
+      StageSpec(name=name, model=config.cascade[name].model, k=int(config.cascade[name].k),
+                model_kwargs=tuple(sorted(plain(config.cascade[name].get("model_kwargs", {})).items())))
+      for name in config.cascade.stages)
+  return Cascade(stages=stages, features=features,
+                 embedding=EmbeddingConfig(dim=config.embedding.dim, shared=config.embedding.shared))
+

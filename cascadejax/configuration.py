@@ -1,0 +1,167 @@
+"""Config checks that run before anything is compiled, and config (de)serialisation for workdirs.
+
+Every error names the offending key as it is written on the command line (`config.cascade.prerank.k`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from ml_collections import ConfigDict
+
+from cascadejax import models
+
+# Keys every config must define, with the types they must have.
+REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "seed": int,
+    "data.name": str,
+    "data.seed": int,
+    "data.list_size": int,
+    "cascade.stages": (tuple, list),
+    "cascade.gt_num": int,
+    "embedding.dim": int,
+    "embedding.shared": bool,
+    "method.name": str,
+    "optimizer.name": str,
+    "optimizer.learning_rate": (int, float),
+    "optimizer.schedule": str,
+    "optimizer.warmup_steps": int,
+    "optimizer.weight_decay": (int, float),
+    "optimizer.grad_clip": (int, float),
+    "train.batch_size": int,
+    "train.steps": int,
+    "train.log_every": int,
+    "train.eval_every": int,
+    "train.eval_batch_size": int,
+    "train.checkpoint_every": int,
+    "train.keep_checkpoints": int,
+    "mesh.axes": (tuple, list),
+    "mesh.shape": (tuple, list),
+}
+POSITIVE = ("data.list_size", "cascade.gt_num", "embedding.dim", "train.batch_size", "train.steps",
+            "train.log_every", "train.eval_batch_size", "train.checkpoint_every", "train.keep_checkpoints")
+OPTIMIZERS = ("adam", "adamw", "sgd", "adagrad")
+SCHEDULES = ("constant", "cosine")
+# Keys a resumed run may change without changing what it computes (train.steps changes the
+# learning-rate schedule's length, which is the user's explicit choice).
+RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.eval_every", "train.eval_batch_size",
+                     "train.checkpoint_every", "train.keep_checkpoints", "train.progress_bar")
+
+
+def _get(config: ConfigDict, dotted: str) -> Any:
+  node = config
+  for part in dotted.split("."):
+    if not isinstance(node, (ConfigDict, dict)) or part not in node:
+      raise ValueError(f"config is missing required key config.{dotted}")
+    node = node[part]
+  return node
+
+
+def validate(config: ConfigDict) -> None:
+  """Raises `ValueError` naming the first key of `config` that cannot work.
+
+  Checks required keys and their types, stage definitions (known model, known hyperparameters,
+  each k smaller than the candidates the stage receives), `gt_num <= k_S`, the method name and
+  options, the optimizer, the mesh spec, and that eval batches pad cleanly.
+  """
+  for key, typ in REQUIRED.items():
+    value = _get(config, key)
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+      raise ValueError(f"config.{key} must be of type {typ}, got {value!r}")
+  for key in POSITIVE:
+    if _get(config, key) < 1:
+      raise ValueError(f"config.{key} must be >= 1, got {_get(config, key)}")
+
+  stages = tuple(config.cascade.stages)
+  if not stages:
+    raise ValueError("config.cascade.stages must name at least one stage")
+  if len(set(stages)) != len(stages):
+    raise ValueError(f"config.cascade.stages has repeated names: {stages}")
+  received, received_from = config.data.list_size, "config.data.list_size (the candidates per request)"
+  for name in stages:
+    section = _get(config, f"cascade.{name}")
+    prefix = f"config.cascade.{name}"
+    model, k = _get(config, f"cascade.{name}.model"), _get(config, f"cascade.{name}.k")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+      raise ValueError(f"{prefix}.k must be a positive int, got {k!r}")
+    if k >= received:
+      raise ValueError(f"{prefix}.k={k} must be smaller than the {received} candidates the stage "
+                       f"receives ({received_from}); a later stage must keep fewer than an earlier one")
+    models.get_model(model, plain(section.get("model_kwargs", {})), config_key=f"{prefix}.model")
+    received, received_from = k, f"{prefix}.k"
+  if config.cascade.gt_num > received:
+    raise ValueError(f"config.cascade.gt_num={config.cascade.gt_num} exceeds the last stage's "
+                     f"k ({received_from}={received}): the cascade could never recall all of it")
+
+  from cascadejax.losses.cascade import get_method  # noqa: PLC0415 (avoids an import cycle)
+  get_method(config)  # raises on unknown names or options
+
+  if config.optimizer.name not in OPTIMIZERS:
+    raise ValueError(f"config.optimizer.name: unknown optimizer {config.optimizer.name!r}; available: {OPTIMIZERS}")
+  if config.optimizer.schedule not in SCHEDULES:
+    raise ValueError(f"config.optimizer.schedule: unknown schedule {config.optimizer.schedule!r}; "
+                     f"available: {SCHEDULES}")
+  if config.optimizer.learning_rate <= 0:
+    raise ValueError(f"config.optimizer.learning_rate must be > 0, got {config.optimizer.learning_rate}")
+  if len(config.mesh.axes) != len(config.mesh.shape):
+    raise ValueError(f"config.mesh.axes {tuple(config.mesh.axes)} and config.mesh.shape "
+                     f"{tuple(config.mesh.shape)} must have the same length")
+  if "data" not in config.mesh.axes:
+    raise ValueError(f"config.mesh.axes must include a 'data' axis, got {tuple(config.mesh.axes)}")
+
+
+def plain(x: Any) -> Any:
+  """ConfigDicts -> dicts and lists -> tuples (hashable, as Flax module fields must be)."""
+  if isinstance(x, (ConfigDict, dict)):
+    return {k: plain(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return tuple(plain(v) for v in x)
+  return x
+
+
+def flatten(config: ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
+  """`{"a.b.c": value}` for every leaf, lists as tuples."""
+  out = {}
+  for k, v in (config.items() if isinstance(config, (ConfigDict, dict)) else ()):
+    if isinstance(v, (ConfigDict, dict)):
+      out.update(flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = plain(v)
+  return out
+
+
+def save(config: ConfigDict, workdir: str) -> None:
+  """Writes `workdir/config.json`."""
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json(indent=2, sort_keys=True))
+
+
+def load(workdir: str) -> ConfigDict:
+  """Reads `workdir/config.json` back into a ConfigDict (JSON lists become tuples)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir!r} a cascadejax workdir (made by train.py)?")
+  with open(path) as f:
+    return ConfigDict(plain(json.load(f)))
+
+
+def check_resumable(saved: ConfigDict, current: ConfigDict, workdir: str) -> list[str]:
+  """Compares a workdir's saved config with the current one.
+
+  Returns:
+    The keys that differ but are allowed to (see `RESUMABLE_CHANGES`).
+
+  Raises:
+    ValueError: listing every other differing key, since resuming would mix two experiments.
+  """
+  a, b = flatten(saved), flatten(current)
+  changed = sorted(k for k in set(a) | set(b) if a.get(k, "<missing>") != b.get(k, "<missing>"))
+  bad = [k for k in changed if k not in RESUMABLE_CHANGES]
+  if bad:
+    lines = "\n".join(f"  config.{k}: {a.get(k, '<missing>')!r} in the workdir, {b.get(k, '<missing>')!r} now"
+                      for k in bad)
+    raise ValueError(f"{workdir} holds a run with a different config; resuming would mix two "
+                     f"experiments. Use a new --workdir, or restore these values:\n{lines}")
+  return changed

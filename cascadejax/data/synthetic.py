@@ -1,0 +1,200 @@
+"""The embedded default dataset: a simulated production cascade and its full-stage logs.
+
+The world: users with latent factors `p_u`, a user group `g_u` and a behaviour history; items with
+latent factors `q_i`, a category `c_i` and a creator `a_i`; requests in one of a few contexts. The true
+utility of item i for user u in context x is
+
+    r(u, i, x) = w_dot <p_u, q_i> + w_cross M[g_u, c_i] + w_pop pop_i + w_context H[x, c_i]
+
+where `M` is a dense, full-rank group x category taste matrix: a two-tower model whose towers are
+narrower than its rank cannot represent it, so the cheap retrieval model alone cannot recover the
+ground truth and the stages have to cooperate.
+
+Each request draws `list_size` candidates (biased towards the user's taste, as upstream retrieval
+would), and a hidden production cascade of noisy teacher scorers filters them stage by stage with its
+own k's. The first teacher is retrieval-like (it sees only `w_dot <p, q> + w_pop pop`); later teachers
+see the full utility. Each teacher adds Gaussian noise of its own scale. The logs record, per
+candidate, the deepest stage reached and a graded label
+
+    label = stage reached + sigmoid(score of the teacher that decided its fate)
+
+so deeper candidates always rank above shallower ones, and the top `k_S` labels are exactly what the
+production cascade exposed, ordered by its final scorer. Exposed candidates also get a click,
+Bernoulli(sigmoid(r)). Everything is a pure function of the seed; train and test are disjoint
+requests drawn from one stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from ml_collections import ConfigDict
+
+from cascadejax.data.schema import CascadeBatch, CascadeData, FeatureSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+  """The hidden generative state: latent factors, side features and preference crosses."""
+
+  user_factors: np.ndarray  # [U, d]
+  user_group: np.ndarray  # [U] in [0, G)
+  item_factors: np.ndarray  # [I, d]
+  item_category: np.ndarray  # [I] in [0, C)
+  item_creator: np.ndarray  # [I] in [0, A)
+  popularity: np.ndarray  # [I]
+  cross: np.ndarray  # [G, C], standardised group x category preference
+  context_cross: np.ndarray  # [X, C]
+  history: np.ndarray  # [U, L] item ids + 1, 0 = padding
+
+
+def preference_cross(rng: np.random.Generator, groups: int, categories: int) -> np.ndarray:
+  """A dense `[groups, categories]` taste matrix with i.i.d. N(0, 1) entries, standardised.
+
+  Its singular values are spread (a random Gaussian matrix has full rank), so any rank-r model of
+  it, such as the dot product of r-dimensional user and item towers, leaves a large residual.
+  """
+  m = rng.normal(size=(groups, categories)).astype(np.float32)
+  return (m - m.mean()) / (m.std() + 1e-6)
+
+
+def _gumbel_topk(rng: np.random.Generator, logits: np.ndarray, k: int) -> np.ndarray:
+  """k indices per row sampled without replacement with probability proportional to exp(logits)."""
+  g = logits - np.log(-np.log(rng.random(logits.shape, dtype=np.float32) + 1e-12) + 1e-12)
+  idx = np.argpartition(-g, k - 1, axis=1)[:, :k]
+  order = np.argsort(-np.take_along_axis(g, idx, axis=1), axis=1)  # most likely first
+  return np.take_along_axis(idx, order, axis=1)
+
+
+def make_world(cfg: ConfigDict, rng: np.random.Generator) -> World:
+  """Samples users, items, preference crosses and user histories."""
+  d = cfg.latent_dim
+  users = rng.normal(size=(cfg.num_users, d)).astype(np.float32) / d**0.25
+  items = rng.normal(size=(cfg.num_items, d)).astype(np.float32) / d**0.25
+  group = rng.integers(0, cfg.num_user_groups, cfg.num_users)
+  category = rng.integers(0, cfg.num_categories, cfg.num_items)
+  creator = rng.integers(0, cfg.num_creators, cfg.num_items)
+  creator_quality = rng.normal(size=cfg.num_creators).astype(np.float32)
+  popularity = (0.7 * creator_quality[creator] + 0.7 * rng.normal(size=cfg.num_items)).astype(np.float32)
+  cross = preference_cross(rng, cfg.num_user_groups, cfg.num_categories)
+  context_cross = rng.normal(size=(cfg.num_contexts, cfg.num_categories)).astype(np.float32)
+
+  # Histories: what each user engaged with, drawn from their context-free taste.
+  hist = np.zeros((cfg.num_users, cfg.history_len), np.int32)
+  lengths = rng.integers(cfg.min_history, cfg.history_len + 1, cfg.num_users)
+  for lo in range(0, cfg.num_users, 512):
+    hi = min(lo + 512, cfg.num_users)
+    taste = cfg.w_dot * users[lo:hi] @ items.T + cfg.w_cross * cross[group[lo:hi]][:, category]
+    picked = _gumbel_topk(rng, taste / cfg.history_temperature, cfg.history_len) + 1
+    hist[lo:hi] = np.where(np.arange(cfg.history_len) < lengths[lo:hi, None], picked, 0)
+  return World(users, group, items, category, creator, popularity, cross, context_cross, hist)
+
+
+def _log_cascade(cfg: ConfigDict, world: World, rng: np.random.Generator, num_requests: int):
+  """Draws requests and runs the production cascade on them; returns a NumPy `CascadeBatch`."""
+  n, ks, noise = cfg.list_size, tuple(cfg.production.ks), tuple(cfg.production.noise)
+  activity = np.exp(0.5 * rng.normal(size=cfg.num_users))
+  user = rng.choice(cfg.num_users, size=num_requests, p=activity / activity.sum())
+  context = rng.integers(0, cfg.num_contexts, num_requests)
+  n_valid = rng.integers(cfg.min_candidates, n + 1, num_requests)
+  mask = np.arange(n) < n_valid[:, None]
+
+  cand = np.empty((num_requests, n), np.int64)
+  for lo in range(0, num_requests, 2048):
+    hi = min(lo + 2048, num_requests)
+    upstream = (cfg.w_dot * world.user_factors[user[lo:hi]] @ world.item_factors.T
+                + cfg.w_pop * world.popularity)
+    cand[lo:hi] = _gumbel_topk(rng, upstream / cfg.candidate_temperature, n)
+  cand = np.take_along_axis(cand, rng.permuted(np.tile(np.arange(n), (num_requests, 1)), axis=1), 1)
+
+  u = user[:, None]
+  dot = np.einsum("bd,bnd->bn", world.user_factors[user], world.item_factors[cand])
+  cat = world.item_category[cand]
+  retrieval_view = cfg.w_dot * dot + cfg.w_pop * world.popularity[cand]
+  utility = (retrieval_view + cfg.w_cross * world.cross[world.user_group[u], cat]
+             + cfg.w_context * world.context_cross[context[:, None], cat])
+
+  stage = np.zeros((num_requests, n), np.int32)
+  decided = np.zeros((num_requests, n), np.float32)
+  alive = mask.copy()
+  for s, (k, sigma) in enumerate(zip(ks, noise)):
+    view = retrieval_view if s == 0 else utility
+    score = view + sigma * rng.normal(size=view.shape)
+    rank = np.argsort(np.argsort(-np.where(alive, score, -np.inf), axis=1), axis=1)
+    survive = alive & (rank < k)
+    decided = np.where(alive, score, decided)  # ends as the score of the last teacher to judge it
+    stage[survive] = s + 1
+    alive = survive
+  label = np.where(mask, stage + 1.0 / (1.0 + np.exp(-decided)), 0.0).astype(np.float32)
+  click_p = 1.0 / (1.0 + np.exp(cfg.click_offset - utility))
+  click = (alive & (rng.random(utility.shape) < click_p)).astype(np.float32)
+
+  ids = lambda a: np.where(mask, a + 1, 0).astype(np.int32)  # 0 is the padding id
+  return CascadeBatch(
+      user={"user_id": (user + 1).astype(np.int32),
+            "user_group": (world.user_group[user] + 1).astype(np.int32),
+            "context": (context + 1).astype(np.int32),
+            "history": world.history[user]},
+      items={"item_id": ids(cand), "category": ids(cat), "creator": ids(world.item_creator[cand])},
+      stage=stage, label=label, mask=mask, feedback={"click": click})
+
+
+def features(cfg: ConfigDict) -> tuple[FeatureSpec, ...]:
+  """The simulator's id features; ids are 1-based with 0 reserved for padding."""
+  return (
+      FeatureSpec("user_id", "user", "user_id", cfg.num_users + 1),
+      FeatureSpec("user_group", "user", "user_group", cfg.num_user_groups + 1),
+      FeatureSpec("context", "user", "context", cfg.num_contexts + 1),
+      FeatureSpec("history", "user", "item_id", cfg.num_items + 1, sequence=True),
+      FeatureSpec("item_id", "items", "item_id", cfg.num_items + 1),
+      FeatureSpec("category", "items", "category", cfg.num_categories + 1),
+      FeatureSpec("creator", "items", "creator", cfg.num_creators + 1),
+  )
+
+
+def check_config(cfg: ConfigDict, num_stages: int) -> None:
+  """Raises `ValueError` naming the `config.data` key that makes the simulation impossible."""
+  ks, noise = tuple(cfg.production.ks), tuple(cfg.production.noise)
+  if len(ks) != num_stages:
+    raise ValueError(f"config.data.production.ks has {len(ks)} stages but the cascade has {num_stages}")
+  if len(noise) != num_stages:
+    raise ValueError(f"config.data.production.noise needs one value per stage ({num_stages}), got {noise}")
+  if not 1 <= cfg.min_candidates <= cfg.list_size:
+    raise ValueError(f"config.data.min_candidates={cfg.min_candidates} must be in [1, list_size={cfg.list_size}]")
+  if cfg.list_size > cfg.num_items:
+    raise ValueError(f"config.data.list_size={cfg.list_size} exceeds config.data.num_items={cfg.num_items}")
+  prev = cfg.min_candidates
+  for s, k in enumerate(ks):
+    if not 0 < k < prev:
+      raise ValueError(f"config.data.production.ks[{s}]={k} must be in [1, {prev}): each production "
+                       "stage must keep fewer candidates than it receives (min_candidates for stage 1)")
+    prev = k
+  if not 1 <= cfg.min_history <= cfg.history_len:
+    raise ValueError(f"config.data.min_history={cfg.min_history} must be in [1, history_len={cfg.history_len}]")
+  for key in ("num_train", "num_test"):
+    if cfg[key] < 1:
+      raise ValueError(f"config.data.{key} must be >= 1, got {cfg[key]}")
+
+
+def load(cfg: ConfigDict, num_stages: int) -> CascadeData:
+  """Simulates the world and the logs of `cfg.num_train` + `cfg.num_test` requests.
+
+  Args:
+    cfg: the `config.data` section (see `configs/default.py`).
+    num_stages: S, the number of stages of the logged production cascade.
+
+  Returns:
+    `CascadeData` with splits "train" and "test", request ids disjoint between them.
+  """
+  check_config(cfg, num_stages)
+  world_rng, log_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(2))
+  world = make_world(cfg, world_rng)
+  total = cfg.num_train + cfg.num_test
+  logs = _log_cascade(cfg, world, log_rng, total)
+  request_ids = np.arange(total)
+  split = {"train": slice(0, cfg.num_train), "test": slice(cfg.num_train, total)}
+  return CascadeData(
+      features=features(cfg), num_stages=num_stages,
+      splits={name: logs.take(idx) for name, idx in split.items()},
+      request_ids={name: request_ids[idx] for name, idx in split.items()})

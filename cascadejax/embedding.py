@@ -1,0 +1,91 @@
+"""The embedding component: every stage model reads its features through it.
+
+Stage models never see ids. The cascade looks the batch's id features up here and hands models an
+`Embedded` (vectors plus masks for sequences); swapping in another table implementation (the sharded
+table of a later issue) changes this module only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from cascadejax.data.schema import FeatureSpec, table_sizes
+
+
+@flax.struct.dataclass
+class Embedded:
+  """Embedded features of a batch.
+
+  Attributes:
+    user: feature -> `[B, D]`, or `[B, L, D]` for sequence features.
+    items: feature -> `[B, N, D]`.
+    sequence_mask: sequence feature -> `[B, L]` bool, False where the id is the padding id 0.
+  """
+
+  user: dict[str, jax.Array]
+  items: dict[str, jax.Array]
+  sequence_mask: dict[str, jax.Array]
+
+  def user_vector(self) -> jax.Array:
+    """`[B, sum D]`: user features concatenated, sequences mean-pooled over their valid steps."""
+    parts = [masked_mean(v, self.sequence_mask[k]) if k in self.sequence_mask else v
+             for k, v in sorted(self.user.items())]
+    return jnp.concatenate(parts, axis=-1)
+
+  def item_matrix(self) -> jax.Array:
+    """`[B, N, sum D]`: candidate features concatenated."""
+    return jnp.concatenate([v for _, v in sorted(self.items.items())], axis=-1)
+
+
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean of `x [..., L, D]` over the steps where `mask [..., L]` is True; zeros if there are none."""
+  w = mask.astype(x.dtype)[..., None]
+  return (x * w).sum(-2) / jnp.maximum(w.sum(-2), 1.0)
+
+
+class EmbeddingCollection(nn.Module):
+  """A set of embedding tables and the features that look them up.
+
+  Attributes:
+    features: the dataset's feature specs; features naming the same table share its rows.
+    dim: embedding width of every table.
+    stddev: standard deviation of the normal initialiser.
+  """
+
+  features: tuple[FeatureSpec, ...]
+  dim: int
+  stddev: float = 0.05
+
+  @nn.compact
+  def __call__(self, user: Mapping[str, jax.Array], items: Mapping[str, jax.Array]) -> Embedded:
+    """Looks every declared feature of `user` and `items` up in its table."""
+    tables = {name: self.param(name, nn.initializers.normal(self.stddev), (rows, self.dim))
+              for name, rows in sorted(table_sizes(self.features).items())}
+    out = {"user": {}, "items": {}}
+    seq_mask = {}
+    for f in self.features:
+      ids = (user if f.side == "user" else items)[f.name]
+      out[f.side][f.name] = jnp.take(tables[f.table], ids, axis=0)
+      if f.sequence:
+        seq_mask[f.name] = ids > 0
+    return Embedded(user=out["user"], items=out["items"], sequence_mask=seq_mask)
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingConfig:
+  """How the cascade's stages get their tables.
+
+  Attributes:
+    dim: embedding width.
+    shared: True: one collection serves every stage (one set of rows, trained by every stage's
+      loss). False: each stage owns a collection of its own (stages trained apart stay apart).
+  """
+
+  dim: int = 16
+  shared: bool = False

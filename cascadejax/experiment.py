@@ -1,0 +1,178 @@
+"""Everything a run is built from its config: mesh, data, cascade, method, optimizer, state, steps.
+
+The trainer, `cascadejax.evaluate` and `cascadejax.export` all start from `Experiment.build`, so a
+checkpoint is always read back into exactly the structures that wrote it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+from ml_collections import ConfigDict
+
+from cascadejax import cascade as cascade_lib
+from cascadejax import configuration, data as data_lib, metrics, sharding
+from cascadejax.data import pipeline
+from cascadejax.data.schema import CascadeBatch, CascadeData
+from cascadejax.losses.cascade import CascadeMethod, get_method
+
+
+@flax.struct.dataclass
+class TrainState:
+  """The whole training state, a pytree (what checkpoints hold).
+
+  Attributes:
+    step: number of train steps taken.
+    params: {"cascade": the stage models' parameters, "method": the method's own parameters}.
+    opt_state: the optimizer's state.
+    nonfinite_step: -1, or the first step whose loss or gradient was not finite (its update was
+      skipped; the trainer stops when it sees this).
+  """
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  nonfinite_step: jax.Array
+
+
+def make_optimizer(cfg: ConfigDict, total_steps: int) -> optax.GradientTransformation:
+  """The optimizer of `config.optimizer`: optional clipping, then the named rule on a schedule."""
+  peak, warmup = cfg.learning_rate, cfg.warmup_steps
+  if cfg.schedule == "cosine":
+    lr = optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total_steps, warmup + 1))
+  else:
+    lr = optax.join_schedules([optax.linear_schedule(0.0, peak, max(warmup, 1)), optax.constant_schedule(peak)],
+                              [max(warmup, 1)]) if warmup else optax.constant_schedule(peak)
+  rule = {"adam": lambda: optax.adam(lr), "sgd": lambda: optax.sgd(lr, momentum=0.9),
+          "adamw": lambda: optax.adamw(lr, weight_decay=cfg.weight_decay),
+          "adagrad": lambda: optax.adagrad(lr)}[cfg.name]()
+  parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
+  if cfg.weight_decay and cfg.name != "adamw":
+    parts.append(optax.add_decayed_weights(cfg.weight_decay))
+  return optax.chain(*parts, rule)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)] or [jnp.bool_(True)]))
+
+
+@dataclasses.dataclass
+class Experiment:
+  """A built run. Use `Experiment.build(config)`."""
+
+  config: ConfigDict
+  mesh: Mesh
+  data: CascadeData
+  cascade: cascade_lib.Cascade
+  method: CascadeMethod
+  tx: optax.GradientTransformation
+
+  @classmethod
+  def build(cls, config: ConfigDict) -> "Experiment":
+    """Validates `config` (raising before any compilation), then builds mesh, data and modules."""
+    configuration.validate(config)
+    mesh = sharding.make_mesh(config.mesh)
+    sharding.check_batch_size(config.train.batch_size, mesh, "config.train.batch_size")
+    sharding.check_batch_size(config.train.eval_batch_size, mesh, "config.train.eval_batch_size")
+    data = data_lib.load(config.data, num_stages=len(config.cascade.stages))
+    n = next(iter(data.splits.values())).list_size
+    if n != config.data.list_size:
+      raise ValueError(f"config.data.list_size={config.data.list_size} but the data has {n} candidate slots")
+    return cls(config=config, mesh=mesh, data=data, cascade=cascade_lib.from_config(config, data.features),
+               method=get_method(config), tx=make_optimizer(config.optimizer, config.train.steps))
+
+  # ---- state ----
+  @property
+  def stage_names(self) -> tuple[str, ...]:
+    return tuple(s.name for s in self.cascade.stages)
+
+  def _sample(self) -> CascadeBatch:
+    return self.data.splits["train"].take(slice(0, 1))
+
+  def _init(self, rng: jax.Array) -> TrainState:
+    sample = self._sample()
+    c_rng, m_rng = jax.random.split(rng)
+    params = {"cascade": self.cascade.init(c_rng, sample.user, sample.items)["params"],
+              "method": self.method.init(m_rng)}
+    return TrainState(step=jnp.int32(0), params=params, opt_state=self.tx.init(params),
+                      nonfinite_step=jnp.int32(-1))
+
+  def _keys(self) -> tuple[jax.Array, jax.Array]:
+    return tuple(jax.random.split(jax.random.key(self.config.seed)))
+
+  @functools.cached_property
+  def state_sharding(self) -> Any:
+    return jax.tree.map(lambda _: sharding.replicated(self.mesh), jax.eval_shape(self._init, self._keys()[0]))
+
+  def init_state(self) -> TrainState:
+    """Fresh parameters and optimizer state, created directly with their shardings."""
+    return jax.jit(self._init, out_shardings=self.state_sharding)(self._keys()[0])
+
+  def abstract_state(self) -> TrainState:
+    """Shapes, dtypes and shardings of the state, for restoring checkpoints."""
+    shapes = jax.eval_shape(self._init, self._keys()[0])
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, self.state_sharding)
+
+  # ---- steps ----
+  @functools.cached_property
+  def _batch_sharding(self) -> Any:
+    return jax.tree.map(lambda _: sharding.batch_sharding(self.mesh), self._sample())
+
+  @functools.cached_property
+  def train_step(self):
+    """Jitted `(state, batch) -> (state, metrics)`; the state's buffers are donated."""
+    train_key = self._keys()[1]
+
+    def step(state: TrainState, batch: CascadeBatch):
+      dropout_rng, method_rng = jax.random.split(jax.random.fold_in(train_key, state.step))
+
+      def loss_fn(params):
+        scores = self.cascade.apply({"params": params["cascade"]}, batch.user, batch.items, train=True,
+                                    rngs={"dropout": dropout_rng})
+        return self.method.loss(params["method"], scores, batch, rng=method_rng)
+
+      (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      finite = jnp.isfinite(loss) & _all_finite(grads)
+
+      def update(_):
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        return optax.apply_updates(state.params, updates), opt_state
+
+      params, opt_state = jax.lax.cond(finite, update, lambda _: (state.params, state.opt_state), None)
+      first_bad = jnp.where((state.nonfinite_step < 0) & ~finite, state.step, state.nonfinite_step)
+      new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, nonfinite_step=first_bad)
+      return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+
+    replicated = sharding.replicated(self.mesh)
+    return jax.jit(step, in_shardings=(self.state_sharding, self._batch_sharding),
+                   out_shardings=(self.state_sharding, replicated), donate_argnums=0)
+
+  @functools.cached_property
+  def eval_step(self):
+    """Jitted `(cascade params, batch) -> {metric: (sum, count)}`."""
+
+    def step(params, batch: CascadeBatch):
+      scores = self.cascade.apply({"params": params}, batch.user, batch.items)
+      return metrics.evaluate(scores, batch, ks=self.cascade.ks, gt_num=self.config.cascade.gt_num,
+                              stage_names=self.stage_names)
+
+    return jax.jit(step, in_shardings=(self.state_sharding.params["cascade"], self._batch_sharding),
+                   out_shardings=sharding.replicated(self.mesh))
+
+  def evaluate(self, params: Any, split: str = "test") -> dict[str, float]:
+    """Metrics of the cascade with `params` (the cascade's part) over a whole split."""
+    if split not in self.data.splits:
+      raise ValueError(f"unknown split {split!r}; the data has {sorted(self.data.splits)}")
+    sums = metrics.MetricSums()
+    size, procs, me = self.config.train.eval_batch_size, jax.process_count(), jax.process_index()
+    for batch in pipeline.eval_batches(self.data.splits[split], size):
+      local = batch.take(slice(me * size // procs, (me + 1) * size // procs))
+      sums.add(self.eval_step(params, sharding.put_batch(local, self.mesh)))
+    return sums.means()

@@ -1,0 +1,135 @@
+"""Serving export: `python -m cascadejax.export --workdir W --out D [--step N] [--platforms cpu,cuda]`.
+
+Writes, for every stage, its scoring function serialized with `jax.export` (batch size, list size
+and history length symbolic) and its parameters, plus a manifest:
+
+  D/manifest.json                 stage names and k's, gt_num, features, platforms, source step
+  D/<stage>/scorer.jax            serialized `jax.export.Exported`: (params, user, items) -> [B, N]
+  D/<stage>/params.msgpack        that stage's parameters (its embedding tables and its model)
+
+`load(D)` rebuilds an `ExportedCascade` from these files alone (no config, checkpoint or model
+code) that scores a `CascadeBatch` with every stage and runs the hard cascade selection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any, Mapping
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import export as jax_export
+
+from cascadejax.cascade import Cascade, select, stage_param_names
+from cascadejax.data.schema import CascadeBatch
+
+
+def _feature_specs(features, b, n, length) -> tuple[dict, dict]:
+  user = {f.name: jax.ShapeDtypeStruct((b, length) if f.sequence else (b,), jnp.int32)
+          for f in features if f.side == "user"}
+  items = {f.name: jax.ShapeDtypeStruct((b, n), jnp.int32) for f in features if f.side == "items"}
+  return user, items
+
+
+def export_cascade(cascade: Cascade, params: Mapping[str, Any], out: str, *, gt_num: int,
+                   platforms: tuple[str, ...] = ("cpu",), step: int | None = None) -> dict[str, Any]:
+  """Writes every stage of `cascade` (with the cascade parameters `params`) to directory `out`.
+
+  Returns:
+    The manifest (also written to `out/manifest.json`).
+  """
+  os.makedirs(out, exist_ok=True)
+  b, n, length = jax_export.symbolic_shape("b, n, l")
+  user_spec, item_spec = _feature_specs(cascade.features, b, n, length)
+  stages = []
+  for s, stage in enumerate(cascade.stages):
+    stage_params = jax.device_get({k: params[k] for k in stage_param_names(cascade, s)})
+
+    def score(p, user, items, s=s):
+      return cascade.apply({"params": p}, user, items, s, method=Cascade.score_stage)
+
+    param_spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), stage_params)
+    exported = jax_export.export(jax.jit(score), platforms=platforms)(param_spec, user_spec, item_spec)
+    os.makedirs(os.path.join(out, stage.name), exist_ok=True)
+    with open(os.path.join(out, stage.name, "scorer.jax"), "wb") as f:
+      f.write(exported.serialize())
+    with open(os.path.join(out, stage.name, "params.msgpack"), "wb") as f:
+      f.write(flax.serialization.msgpack_serialize(stage_params))
+    stages.append({"name": stage.name, "k": stage.k, "model": stage.model})
+  manifest = {
+      "stages": stages, "gt_num": gt_num, "platforms": list(platforms), "step": step,
+      "features": [{"name": f.name, "side": f.side, "sequence": f.sequence, "vocab_size": f.vocab_size}
+                   for f in cascade.features],
+      "jax_version": jax.__version__,
+  }
+  with open(os.path.join(out, "manifest.json"), "w") as f:
+    json.dump(manifest, f, indent=2)
+  return manifest
+
+
+class ExportedCascade:
+  """A cascade loaded from export artifacts: every stage's scorer and parameters.
+
+  Attributes:
+    names: stage names in order.
+    ks: their selection sizes.
+    gt_num: the ground-truth size the cascade was trained for.
+    manifest: the export's manifest.
+  """
+
+  def __init__(self, directory: str):
+    with open(os.path.join(directory, "manifest.json")) as f:
+      self.manifest = json.load(f)
+    self.names = tuple(s["name"] for s in self.manifest["stages"])
+    self.ks = tuple(s["k"] for s in self.manifest["stages"])
+    self.gt_num = self.manifest["gt_num"]
+    self._scorers, self._params = [], []
+    for name in self.names:
+      with open(os.path.join(directory, name, "scorer.jax"), "rb") as f:
+        self._scorers.append(jax_export.deserialize(bytearray(f.read())))
+      with open(os.path.join(directory, name, "params.msgpack"), "rb") as f:
+        self._params.append(flax.serialization.msgpack_restore(f.read()))
+    self._features = {side: [x["name"] for x in self.manifest["features"] if x["side"] == side]
+                      for side in ("user", "items")}
+
+  def score_stage(self, stage: int, batch: CascadeBatch) -> jax.Array:
+    """`[B, N]` scores of stage `stage` (0-based) for every candidate slot."""
+    user = {k: jnp.asarray(batch.user[k], jnp.int32) for k in self._features["user"]}
+    items = {k: jnp.asarray(batch.items[k], jnp.int32) for k in self._features["items"]}
+    return self._scorers[stage].call(self._params[stage], user, items)
+
+  def score(self, batch: CascadeBatch) -> jax.Array:
+    """`[S, B, N]` scores of every stage."""
+    return jnp.stack([self.score_stage(s, batch) for s in range(len(self.names))])
+
+  def select(self, batch: CascadeBatch) -> np.ndarray:
+    """`[S, B, N]` bool: the candidates alive after each stage of the hard cascade."""
+    return np.asarray(select(self.score(batch), self.ks, where=jnp.asarray(batch.mask)))
+
+
+def load(directory: str) -> ExportedCascade:
+  """Loads an export directory written by `export_cascade`."""
+  return ExportedCascade(directory)
+
+
+def main(argv: list[str] | None = None) -> None:
+  from cascadejax.evaluate import restore  # noqa: PLC0415 (the loader needs none of the training code)
+
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", required=True, help="a workdir written by train.py")
+  parser.add_argument("--out", required=True, help="directory to write the artifacts to")
+  parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+  parser.add_argument("--platforms", default="cpu", help="comma-separated: any of cpu, cuda, rocm, tpu")
+  args = parser.parse_args(argv)
+  exp, state = restore(args.workdir, args.step)
+  manifest = export_cascade(exp.cascade, state.params["cascade"], args.out, gt_num=exp.config.cascade.gt_num,
+                            platforms=tuple(args.platforms.split(",")), step=int(state.step))
+  print(json.dumps(manifest, indent=2))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,24 @@
+"""Cascade training methods, selectable by name (`config.method.name`)."""
+
+from __future__ import annotations
+
+from ml_collections import ConfigDict
+
+from cascadejax.losses.cascade.base import CascadeMethod
+from cascadejax.losses.cascade.independent import Independent
+
+METHODS: dict[str, type[CascadeMethod]] = {m.name: m for m in (Independent,)}
+
+
+def get_method(config: ConfigDict) -> CascadeMethod:
+  """Builds the method named by `config.method.name` with its options `config.method.<name>`."""
+  name = config.method.name
+  if name not in METHODS:
+    raise ValueError(f"config.method.name: unknown method {name!r}; available: {sorted(METHODS)}")
+  options = config.method.get(name, ConfigDict()).to_dict() if name in config.method else {}
+  return METHODS[name](options, stage_names=tuple(config.cascade.stages),
+                       ks=tuple(int(config.cascade[s].k) for s in config.cascade.stages),
+                       gt_num=int(config.cascade.gt_num))
+
+
+__all__ = ["CascadeMethod", "Independent", "METHODS", "get_method"]

@@ -1,0 +1,50 @@
+"""Ranking losses with rax-style signatures: `[..., list_size]` inputs, keyword-only `where`,
+`weights` and `reduce_fn`. Masked and empty lists never produce NaN.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+ReduceFn = Callable[..., jax.Array] | None
+
+
+def safe_reduce(values: jax.Array, *, where: jax.Array | None = None, reduce_fn: ReduceFn = jnp.mean) -> jax.Array:
+  """Reduces `values` over the entries where `where` is True; 0 when there are none.
+
+  `reduce_fn=None` returns `values` unreduced, with the entries outside `where` set to 0.
+  """
+  if where is not None:
+    values = jnp.where(where, values, 0.0)
+  if reduce_fn is None:
+    return values
+  if reduce_fn is jnp.mean and where is not None:
+    return values.sum() / jnp.maximum(where.sum(), 1)
+  return reduce_fn(values) if where is None else reduce_fn(values, where=where)
+
+
+def sigmoid_bce_loss(scores: jax.Array, labels: jax.Array, *, where: jax.Array | None = None,
+                     weights: jax.Array | None = None, reduce_fn: ReduceFn = jnp.mean) -> jax.Array:
+  """Pointwise sigmoid cross-entropy, computed from logits without overflow.
+
+      l_i = -y_i log sigmoid(s_i) - (1 - y_i) log(1 - sigmoid(s_i))
+          = log(1 + exp(s_i)) - s_i y_i      (as logaddexp(0, s_i): stable, exact gradient at 0)
+
+  Args:
+    scores: `[..., list_size]` logits.
+    labels: `[..., list_size]` targets in [0, 1].
+    where: optional `[..., list_size]` bool; False entries contribute nothing.
+    weights: optional per-item weights, broadcastable to `scores`.
+    reduce_fn: `jnp.mean` (over the valid entries), `jnp.sum`, or None for per-item losses.
+
+  Returns:
+    The reduced loss, or `[..., list_size]` losses if `reduce_fn` is None.
+  """
+  labels = labels.astype(scores.dtype)
+  loss = jnp.logaddexp(0.0, scores) - scores * labels
+  if weights is not None:
+    loss = loss * weights
+  return safe_reduce(loss, where=where, reduce_fn=reduce_fn)

@@ -1,0 +1,55 @@
+"""Device mesh from the config and the shardings of parameters and batches.
+
+Batches are split over the mesh's `data` axis; parameters are replicated (row-sharded embedding
+tables over a `model` axis arrive with the sharded embedding table).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from ml_collections import ConfigDict
+
+
+def make_mesh(config: ConfigDict, devices: list | None = None) -> Mesh:
+  """The mesh of `config.mesh` (axes and sizes; one size may be -1 = all remaining devices)."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = list(config.shape)
+  if shape.count(-1) > 1:
+    raise ValueError(f"config.mesh.shape {tuple(shape)}: at most one axis may be -1")
+  known = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    if len(devices) % known:
+      raise ValueError(f"config.mesh.shape {tuple(shape)}: {len(devices)} devices are not divisible by {known}")
+    shape[shape.index(-1)] = len(devices) // known
+  if math.prod(shape) != len(devices):
+    raise ValueError(f"config.mesh.shape {tuple(shape)} needs {math.prod(shape)} devices, "
+                     f"but {len(devices)} are available")
+  return Mesh(np.asarray(devices).reshape(shape), tuple(config.axes))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """Every device holds the whole array."""
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (request) dimension split over the `data` axis."""
+  return NamedSharding(mesh, P("data"))
+
+
+def put_batch(batch: Any, mesh: Mesh) -> Any:
+  """Assembles this process's NumPy rows of a global batch into global arrays sharded over `data`."""
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, key: str) -> None:
+  """Raises naming `key` unless `batch_size` splits evenly over the `data` axis."""
+  n = mesh.shape["data"]
+  if batch_size % n:
+    raise ValueError(f"{key}={batch_size} must be divisible by the {n} devices of the mesh's 'data' axis")

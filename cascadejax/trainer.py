@@ -1,0 +1,114 @@
+"""`train_and_evaluate(config, workdir)`: the training loop.
+
+Read top to bottom: workdir and config, experiment (mesh, data, model, optimizer, sharding, steps),
+input iterator, checkpoint (restore if the workdir holds one), loop (step, log, evaluate, save),
+final evaluation. A run killed at any point and started again with the same command resumes from
+its last checkpoint and ends with exactly the metrics of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+from ml_collections import ConfigDict
+from tqdm import tqdm
+
+from cascadejax import configuration, sharding
+from cascadejax.checkpoint import Checkpointer
+from cascadejax.data import pipeline
+from cascadejax.experiment import Experiment, TrainState
+from cascadejax.metric_writer import MetricWriter
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN or infinite loss or gradient."""
+
+
+def _check_finite(state: TrainState, checkpointer: Checkpointer) -> None:
+  bad = int(jax.device_get(state.nonfinite_step))
+  if bad >= 0:
+    checkpointer.wait()
+    raise NonFiniteLossError(
+        f"non-finite loss or gradient at step {bad + 1}; training stopped and that update was not applied. "
+        f"The last good checkpoint (step {checkpointer.latest_step()}) is kept in {checkpointer.directory}. "
+        "Lower config.optimizer.learning_rate, enable config.optimizer.grad_clip, or check the data.")
+
+
+def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains the cascade of `config`, evaluating and checkpointing into `workdir`.
+
+  Args:
+    config: a validated-on-entry `ConfigDict` (see `configs/default.py`).
+    workdir: output directory: `config.json`, `checkpoints/`, `metrics.jsonl`, `tensorboard/`.
+      If it already holds a checkpoint of the same config, training resumes from it.
+
+  Returns:
+    The final evaluation report (also the last line of `metrics.jsonl`, with `"final": true`).
+
+  Raises:
+    ValueError: for a bad config (naming the key) or a workdir holding a different run.
+    NonFiniteLossError: if a loss or gradient is not finite; the last good checkpoint is kept.
+  """
+  # ---- workdir and config ----
+  configuration.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  if os.path.exists(os.path.join(workdir, "config.json")):
+    for key in configuration.check_resumable(configuration.load(workdir), config, workdir):
+      logging.warning("resuming with a changed config.%s", key)
+  if is_main:
+    configuration.save(config, workdir)
+
+  # ---- experiment: mesh, data, model and optimizer, sharding, jitted steps ----
+  exp = Experiment.build(config)
+  cfg = config.train
+  ds = pipeline.train_dataset(exp.data.splits["train"], global_batch_size=cfg.batch_size, seed=config.seed,
+                              process_index=jax.process_index(), process_count=jax.process_count())
+  batches = pipeline.train_iterator(ds)
+
+  # ---- checkpoint: restore the state and the input position if there is one ----
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), every=cfg.checkpoint_every,
+                              keep=cfg.keep_checkpoints)
+  resumed = checkpointer.latest_step() is not None
+  state = checkpointer.restore(exp.abstract_state(), batches) if resumed else exp.init_state()
+  start = int(jax.device_get(state.step))
+  if resumed:
+    logging.info("resumed from step %d of %s", start, checkpointer.directory)
+  writer = MetricWriter(workdir, resume_step=start if resumed else None, enabled=is_main)
+
+  # ---- loop ----
+  bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=not (cfg.get("progress_bar", True) and is_main))
+  sums, count, tick, tick_step = None, 0, time.perf_counter(), start
+  for step in range(start, cfg.steps):
+    state, step_metrics = exp.train_step(state, sharding.put_batch(next(batches), exp.mesh))
+    sums = step_metrics if sums is None else jax.tree.map(jnp.add, sums, step_metrics)
+    count, done = count + 1, step + 1
+    bar.update(1)
+    if done % cfg.log_every == 0 or done == cfg.steps:
+      _check_finite(state, checkpointer)
+      means = {k: float(v) / count for k, v in jax.device_get(sums).items()}
+      rate = (done - tick_step) * cfg.batch_size / (time.perf_counter() - tick)
+      writer.write(done, {**means, "requests_per_s": rate}, split="train")
+      bar.set_postfix(loss=f"{means['loss']:.4f}", req_s=f"{rate:,.0f}")
+      sums, count = None, 0
+    if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
+      writer.write(done, exp.evaluate(state.params["cascade"], "test"), split="test", final=False)
+    if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+      _check_finite(state, checkpointer)
+      checkpointer.save(done, state, batches, force=done == cfg.steps)
+    if done % cfg.log_every == 0:
+      tick, tick_step = time.perf_counter(), done  # throughput excludes evaluation and saving
+  bar.close()
+
+  # ---- final evaluation ----
+  report = writer.write(cfg.steps, exp.evaluate(state.params["cascade"], "test"), split="test", final=True)
+  checkpointer.wait()
+  checkpointer.close()
+  writer.close()
+  logging.info("final test metrics: %s", report)
+  return report

@@ -1,0 +1,82 @@
+"""Bad configs fail before anything is built or compiled, with a message naming the key."""
+
+import os
+
+import pytest
+
+from cascadejax import configuration, trainer
+from tests.conftest import tiny_config
+
+
+def _set(c, dotted, value):
+  """Sets a key as a config file would: replacing the field, whatever its type."""
+  *path, last = dotted.split(".")
+  node = c
+  for p in path:
+    node = node[p]
+  if last in node:
+    del node[last]
+  node[last] = value
+
+
+CASES = [
+    ("cascade.retrieval.k", 8, r"config.cascade.retrieval.k=8 must be smaller than the 8 candidates"),
+    ("cascade.prerank.k", 6, r"config.cascade.prerank.k=6 must be smaller than the 4 candidates .*config.cascade.retrieval.k"),
+    ("cascade.gt_num", 3, r"config.cascade.gt_num=3 exceeds the last stage's k \(config.cascade.prerank.k=2\)"),
+    ("cascade.prerank.model", "transformer", r"config.cascade.prerank.model: unknown model 'transformer'; available"),
+    ("cascade.retrieval.model_kwargs.depth", 3, r"config.cascade.retrieval.model_kwargs: model 'two_tower' has no hyperparameter\(s\) \['depth'\]"),
+    ("method.name", "lcron_v9", r"config.method.name: unknown method 'lcron_v9'"),
+    ("method.independent.margin", 1.0, r"config.method.independent: unknown option\(s\) \['margin'\]"),
+    ("optimizer.name", "lion", r"config.optimizer.name: unknown optimizer 'lion'"),
+    ("train.steps", 0, r"config.train.steps must be >= 1"),
+    ("train.steps", 1e4, r"config.train.steps must be of type <class 'int'>, got 10000.0"),
+    ("mesh.shape", (2, 2), r"config.mesh.axes .* and config.mesh.shape .* must have the same length"),
+]
+
+
+@pytest.mark.parametrize("key,value,message", CASES, ids=[c[0] for c in CASES])
+def test_bad_value_names_the_key_before_anything_runs(tmp_path, key, value, message):
+  c = tiny_config()
+  _set(c, key, value)
+  workdir = tmp_path / "run"
+  with pytest.raises(ValueError, match=message):
+    trainer.train_and_evaluate(c, str(workdir))
+  assert not workdir.exists()  # failed before touching the workdir, data, or the compiler
+
+
+@pytest.mark.parametrize("missing", ["train.steps", "cascade.gt_num", "optimizer", "cascade.prerank"])
+def test_missing_required_key(missing):
+  c = tiny_config()
+  *path, last = missing.split(".")
+  node = c
+  for p in path:
+    node = node[p]
+  del node[last]
+  with pytest.raises(ValueError, match=rf"config is missing required key config.{missing}"):
+    configuration.validate(c)
+
+
+def test_later_k_larger_than_earlier_in_three_stages():
+  c = tiny_config(3)
+  c.cascade.rank.k = 4  # prerank keeps 3
+  with pytest.raises(ValueError, match=r"config.cascade.rank.k=4 must be smaller than the 3 candidates"):
+    configuration.validate(c)
+
+
+def test_resuming_with_another_config_is_refused(tmp_path):
+  c = tiny_config()
+  os.makedirs(tmp_path, exist_ok=True)
+  configuration.save(c, str(tmp_path))
+  changed = tiny_config()
+  changed.optimizer.learning_rate = 0.5
+  changed.train.steps = 99  # allowed: it only extends the run
+  with pytest.raises(ValueError, match=r"config.optimizer.learning_rate: 0.003 in the workdir, 0.5 now"):
+    configuration.check_resumable(configuration.load(str(tmp_path)), changed, str(tmp_path))
+  changed.optimizer.learning_rate = c.optimizer.learning_rate
+  assert configuration.check_resumable(configuration.load(str(tmp_path)), changed, str(tmp_path)) == ["train.steps"]
+
+
+def test_config_round_trips_through_the_workdir(tmp_path):
+  c = tiny_config(3)
+  configuration.save(c, str(tmp_path))
+  assert configuration.flatten(configuration.load(str(tmp_path))) == configuration.flatten(c)

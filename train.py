@@ -1,0 +1,35 @@
+"""Trains and evaluates a cascade.
+
+  python train.py --config configs/default.py --workdir DIR [--config.train.steps=500 ...]
+
+Running the same command on a workdir that holds a checkpoint resumes the run.
+"""
+
+import logging as py_logging
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from cascadejax import trainer
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (a Python file with get_config()).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard logs.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def quiet_libraries(record: py_logging.LogRecord) -> bool:
+  """Drops the per-save INFO lines of orbax and grain; their warnings and errors still show."""
+  return record.levelno >= py_logging.WARNING or not any(
+      f"/{lib}/" in record.pathname for lib in ("orbax", "grain"))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(quiet_libraries)
+  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
