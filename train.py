@@ -25,6 +25,7 @@ def quiet_libraries(record: py_logging.LogRecord) -> bool:
 
 
 def main(argv):
+  """Parses flags and the config file, then trains and evaluates."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(quiet_libraries)

@@ -25,6 +25,7 @@ from cascadejax.experiment import Experiment  # noqa: E402
 
 
 def load_config(path: str):
+  """`get_config()` of the Python config file at `path`."""
   spec = importlib.util.spec_from_file_location("bench_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -41,6 +42,7 @@ def timed(fn, iters: int) -> float:
 
 
 def main() -> None:
+  """Builds the config's experiment and prints the throughput table."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default="configs/default.py")
   parser.add_argument("--batch", type=int, default=1024)

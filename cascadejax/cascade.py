@@ -45,6 +45,7 @@ class Cascade(nn.Module):
   embedding: EmbeddingConfig = EmbeddingConfig()
 
   def setup(self):
+    """Creates the embedding collection(s) and one scorer per stage, named after the stage."""
     names = [s.name for s in self.stages]
     if self.embedding.shared:
       shared = EmbeddingCollection(self.features, self.embedding.dim, name="embedding")
@@ -57,6 +58,7 @@ class Cascade(nn.Module):
 
   @property
   def ks(self) -> tuple[int, ...]:
+    """Each stage's selection size, in order."""
     return tuple(s.k for s in self.stages)
 
   def score_stage(self, user: Mapping[str, jax.Array], items: Mapping[str, jax.Array], stage: int,

@@ -63,6 +63,7 @@ class Checkpointer:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
+    """Waits for pending saves and releases the manager's threads."""
     self._manager.close()
 
 

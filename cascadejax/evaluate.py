@@ -41,6 +41,7 @@ def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None)
 
 
 def main(argv: list[str] | None = None) -> None:
+  """Command-line entry point (see the module docstring)."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", required=True, help="a workdir written by train.py")
   parser.add_argument("--split", default="test", help="data split to evaluate on (default: test)")

@@ -91,6 +91,7 @@ class Experiment:
   # ---- state ----
   @property
   def stage_names(self) -> tuple[str, ...]:
+    """The cascade's stage names, in order."""
     return tuple(s.name for s in self.cascade.stages)
 
   def _sample(self) -> CascadeBatch:
@@ -109,6 +110,7 @@ class Experiment:
 
   @functools.cached_property
   def state_sharding(self) -> Any:
+    """A `TrainState`-shaped pytree of shardings (everything replicated over the mesh)."""
     return jax.tree.map(lambda _: sharding.replicated(self.mesh), jax.eval_shape(self._init, self._keys()[0]))
 
   def init_state(self) -> TrainState:

@@ -117,6 +117,7 @@ def load(directory: str) -> ExportedCascade:
 
 
 def main(argv: list[str] | None = None) -> None:
+  """Command-line entry point (see the module docstring)."""
   from cascadejax.evaluate import restore  # noqa: PLC0415 (the loader needs none of the training code)
 
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

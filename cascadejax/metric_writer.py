@@ -45,6 +45,7 @@ class MetricWriter:
     return record
 
   def close(self) -> None:
+    """Flushes and closes the TensorBoard writer."""
     if self.enabled:
       self._tb.close()
 

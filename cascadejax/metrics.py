@@ -157,6 +157,7 @@ class MetricSums:
     self._sums: dict[str, tuple[jax.Array, jax.Array]] = {}
 
   def add(self, batch_sums: dict[str, tuple[jax.Array, jax.Array]]) -> None:
+    """Adds one batch's `evaluate` output."""
     for k, (s, c) in batch_sums.items():
       s0, c0 = self._sums.get(k, (0.0, 0.0))
       self._sums[k] = (s0 + s, c0 + c)

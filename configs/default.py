@@ -5,7 +5,8 @@ Trained with the `independent` method (each stage: BCE on "survived this stage i
 Run:
   python train.py --config configs/default.py --workdir /tmp/cascadejax/default
 
-Result: MEASURE_PENDING
+Result (2-core CPU, benchmarks/RESULTS.md): test recall_e2e 0.702 against 0.288 for random selection
+on the same requests (a noiseless oracle cascade reaches 0.861), in 2 min 23 s wall time.
 """
 
 from ml_collections import ConfigDict
@@ -55,7 +56,7 @@ def get_config() -> ConfigDict:
 
   # ---- embedding: one component serves every stage's feature lookups ----
   c.embedding = ConfigDict()
-  c.embedding.dim = 16
+  c.embedding.dim = 32
   c.embedding.shared = False  # True: all stages read one set of tables; False: one set per stage
 
   # ---- training method (cascadejax/losses/cascade/) ----
@@ -66,7 +67,7 @@ def get_config() -> ConfigDict:
   # ---- optimizer ----
   c.optimizer = ConfigDict()
   c.optimizer.name = "adam"  # adam | adamw | sgd | adagrad
-  c.optimizer.learning_rate = 3e-3
+  c.optimizer.learning_rate = 5e-3
   c.optimizer.schedule = "cosine"  # constant | cosine
   c.optimizer.warmup_steps = 100
   c.optimizer.weight_decay = 0.0
@@ -74,7 +75,7 @@ def get_config() -> ConfigDict:
 
   # ---- training loop ----
   c.train = ConfigDict()
-  c.train.batch_size = 256
+  c.train.batch_size = 512
   c.train.steps = 2_000
   c.train.log_every = 100
   c.train.eval_every = 1_000  # 0: only the final evaluation

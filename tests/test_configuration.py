@@ -70,7 +70,8 @@ def test_resuming_with_another_config_is_refused(tmp_path):
   changed = tiny_config()
   changed.optimizer.learning_rate = 0.5
   changed.train.steps = 99  # allowed: it only extends the run
-  with pytest.raises(ValueError, match=r"config.optimizer.learning_rate: 0.003 in the workdir, 0.5 now"):
+  saved_lr = c.optimizer.learning_rate
+  with pytest.raises(ValueError, match=rf"config.optimizer.learning_rate: {saved_lr} in the workdir, 0.5 now"):
     configuration.check_resumable(configuration.load(str(tmp_path)), changed, str(tmp_path))
   changed.optimizer.learning_rate = c.optimizer.learning_rate
   assert configuration.check_resumable(configuration.load(str(tmp_path)), changed, str(tmp_path)) == ["train.steps"]

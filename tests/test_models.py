@@ -162,6 +162,21 @@ def test_cross_layer_v2_matches_numpy():
   np.testing.assert_allclose(layer.apply(params, x0, x), x0 * (x @ w + b) + x, rtol=1e-5, atol=1e-5)
 
 
+def test_low_rank_cross_layer_is_the_factored_full_layer():
+  # low_rank=r computes x0 * (U V^T x + b) + x: the full layer with W = V U (row-vector convention).
+  rng = np.random.default_rng(4)
+  x0, x = (rng.normal(size=(2, 5, 6)).astype(np.float32) for _ in range(2))
+  layer = CrossLayerV2(low_rank=2)
+  p = layer.init(jax.random.key(5), x0, x)["params"]
+  v, u, b = np.asarray(p["V"]["kernel"]), np.asarray(p["U"]["kernel"]), np.asarray(p["U"]["bias"]) + 0.3
+  assert v.shape == (6, 2) and u.shape == (2, 6) and "bias" not in p["V"]
+  params = {"params": {"V": {"kernel": v}, "U": {"kernel": u, "bias": b}}}
+  np.testing.assert_allclose(layer.apply(params, x0, x), x0 * (x @ (v @ u) + b) + x, rtol=1e-5, atol=1e-5)
+  full = CrossLayerV2()
+  np.testing.assert_allclose(full.apply({"params": {"Dense_0": {"kernel": v @ u, "bias": b}}}, x0, x),
+                             layer.apply(params, x0, x), rtol=1e-5, atol=1e-5)
+
+
 def dense_count(widths):
   """Parameters of a chain of Dense layers through `widths` (kernel + bias each)."""
   return sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
@@ -172,6 +187,8 @@ def test_dcn_parameter_count():
   d = 4 * D  # joint width: user_id + pooled history + item_id + category
   want = 2 * (d * d + d) + dense_count((d, 5, 3)) + (d + 3) * 1 + 1
   assert n_params(params) == want
+  _, low = model_and_params("dcn", num_cross=2, deep=(5, 3), low_rank=3)
+  assert n_params(low) == want - 2 * (d * d) + 2 * (2 * d * 3)  # each W: d*d -> U (3 x d) + V (d x 3)
 
 
 def test_mlp_parameter_count():

@@ -88,3 +88,19 @@ def test_production_ks_must_shrink_and_match_stages():
     synthetic.load(cfg, 2)
   with pytest.raises(ValueError, match="config.data.production.ks has 2 stages but the cascade has 3"):
     synthetic.load(tiny_config().data, 3)
+
+
+def test_noiseless_logs_are_the_hard_cascade_of_the_hidden_teacher_views():
+  # With zero teacher noise the logged stages must be exactly the hard cascade over the noiseless
+  # views that `teacher_views` and `hidden_world` expose to analyses.
+  import jax.numpy as jnp
+  from cascadejax.cascade import select
+  cfg = tiny_config(3).data
+  cfg.production.noise = (0.0, 0.0, 0.0)
+  test = synthetic.load(cfg, 3).splits["test"]
+  idx = lambda ids: np.maximum(ids - 1, 0)
+  view, utility = synthetic.teacher_views(cfg, synthetic.hidden_world(cfg), idx(test.user["user_id"]),
+                                          idx(test.user["context"]), idx(test.items["item_id"]))
+  alive = np.asarray(select(jnp.asarray(np.stack([view, utility, utility])), cfg.production.ks,
+                            where=jnp.asarray(test.mask)))
+  np.testing.assert_array_equal(alive.sum(0), test.stage)

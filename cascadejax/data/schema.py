@@ -41,10 +41,12 @@ class CascadeBatch:
 
   @property
   def batch_size(self) -> int:
+    """B, the number of requests."""
     return self.mask.shape[0]
 
   @property
   def list_size(self) -> int:
+    """N, the number of candidate slots per request."""
     return self.mask.shape[-1]
 
   def take(self, index) -> "CascadeBatch":

@@ -91,6 +91,21 @@ def make_world(cfg: ConfigDict, rng: np.random.Generator) -> World:
   return World(users, group, items, category, creator, popularity, cross, context_cross, hist)
 
 
+def teacher_views(cfg: ConfigDict, world: World, user: np.ndarray, context: np.ndarray,
+                  items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Noiseless scores of the production teachers for `[B]` users/contexts and `[B, N]` items.
+
+  Indices are 0-based (ids minus 1). Returns `(retrieval_view, utility)`: what the first teacher
+  sees, `w_dot <p, q> + w_pop pop`, and the full utility r that later teachers see.
+  """
+  dot = np.einsum("bd,bnd->bn", world.user_factors[user], world.item_factors[items])
+  cat = world.item_category[items]
+  retrieval_view = cfg.w_dot * dot + cfg.w_pop * world.popularity[items]
+  utility = (retrieval_view + cfg.w_cross * world.cross[world.user_group[user][:, None], cat]
+             + cfg.w_context * world.context_cross[context[:, None], cat])
+  return retrieval_view, utility
+
+
 def _log_cascade(cfg: ConfigDict, world: World, rng: np.random.Generator, num_requests: int):
   """Draws requests and runs the production cascade on them; returns a NumPy `CascadeBatch`."""
   n, ks, noise = cfg.list_size, tuple(cfg.production.ks), tuple(cfg.production.noise)
@@ -108,12 +123,8 @@ def _log_cascade(cfg: ConfigDict, world: World, rng: np.random.Generator, num_re
     cand[lo:hi] = _gumbel_topk(rng, upstream / cfg.candidate_temperature, n)
   cand = np.take_along_axis(cand, rng.permuted(np.tile(np.arange(n), (num_requests, 1)), axis=1), 1)
 
-  u = user[:, None]
-  dot = np.einsum("bd,bnd->bn", world.user_factors[user], world.item_factors[cand])
   cat = world.item_category[cand]
-  retrieval_view = cfg.w_dot * dot + cfg.w_pop * world.popularity[cand]
-  utility = (retrieval_view + cfg.w_cross * world.cross[world.user_group[u], cat]
-             + cfg.w_context * world.context_cross[context[:, None], cat])
+  retrieval_view, utility = teacher_views(cfg, world, user, context, cand)
 
   stage = np.zeros((num_requests, n), np.int32)
   decided = np.zeros((num_requests, n), np.float32)
@@ -177,6 +188,16 @@ def check_config(cfg: ConfigDict, num_stages: int) -> None:
       raise ValueError(f"config.data.{key} must be >= 1, got {cfg[key]}")
 
 
+def _rngs(cfg: ConfigDict) -> tuple[np.random.Generator, np.random.Generator]:
+  """Independent generators for the world and the logs, both derived from `cfg.seed`."""
+  return tuple(np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(2))
+
+
+def hidden_world(cfg: ConfigDict) -> World:
+  """The world `load(cfg, ...)` simulates, for analyses that need the hidden truth."""
+  return make_world(cfg, _rngs(cfg)[0])
+
+
 def load(cfg: ConfigDict, num_stages: int) -> CascadeData:
   """Simulates the world and the logs of `cfg.num_train` + `cfg.num_test` requests.
 
@@ -188,7 +209,7 @@ def load(cfg: ConfigDict, num_stages: int) -> CascadeData:
     `CascadeData` with splits "train" and "test", request ids disjoint between them.
   """
   check_config(cfg, num_stages)
-  world_rng, log_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(2))
+  world_rng, log_rng = _rngs(cfg)
   world = make_world(cfg, world_rng)
   total = cfg.num_train + cfg.num_test
   logs = _log_cascade(cfg, world, log_rng, total)

@@ -31,6 +31,7 @@ class TwoTower(nn.Module):
   dropout: float = 0.0
 
   def setup(self):
+    """The two towers and their output projections."""
     self.user_tower = MLP(self.hidden, dropout=self.dropout)
     self.user_out = nn.Dense(self.out_dim)
     self.item_tower = MLP(self.hidden, dropout=self.dropout)

@@ -43,6 +43,7 @@ class CascadeMethod(abc.ABC):
 
   @property
   def num_stages(self) -> int:
+    """S, the number of stages."""
     return len(self.stage_names)
 
   def init(self, rng: jax.Array) -> Any:

@@ -37,6 +37,7 @@ class Independent(CascadeMethod):
                        f"got {self.options['train_on']!r}")
 
   def loss(self, params, stage_scores: jax.Array, batch: CascadeBatch, *, rng: jax.Array):
+    """Sum over stages of the BCE on logged survival; aux holds each stage's term."""
     del params, rng
     terms = {}
     for s, name in enumerate(self.stage_names):
