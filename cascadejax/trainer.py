@@ -61,8 +61,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
   if os.path.exists(os.path.join(workdir, "config.json")):
     for key in configuration.check_resumable(configuration.load(workdir), config, workdir):
       logging.warning("resuming with a changed config.%s", key)
-  if is_main:
-    configuration.save(config, workdir)
 
   # ---- experiment: mesh, data, model and optimizer, sharding, jitted steps ----
   exp = Experiment.build(config)
@@ -77,24 +75,33 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
   resumed = checkpointer.latest_step() is not None
   state = checkpointer.restore(exp.abstract_state(), batches) if resumed else exp.init_state()
   start = int(jax.device_get(state.step))
+  if start > cfg.steps:
+    raise ValueError(f"config.train.steps={cfg.steps} is below step {start} of the checkpoint in "
+                     f"{checkpointer.directory}; raise it or use a new --workdir")
   if resumed:
     logging.info("resumed from step %d of %s", start, checkpointer.directory)
+  if is_main:
+    configuration.save(config, workdir)
   writer = MetricWriter(workdir, resume_step=start if resumed else None, enabled=is_main)
 
   # ---- loop ----
   bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=not (cfg.get("progress_bar", True) and is_main))
-  sums, count, tick, tick_step = None, 0, time.perf_counter(), start
+  sums, count = None, 0
   for step in range(start, cfg.steps):
     state, step_metrics = exp.train_step(state, sharding.put_batch(next(batches), exp.mesh))
     sums = step_metrics if sums is None else jax.tree.map(jnp.add, sums, step_metrics)
     count, done = count + 1, step + 1
     bar.update(1)
+    if step == start:  # throughput is measured from the end of the first (compiling) step
+      jax.block_until_ready(state.step)
+      tick, tick_step = time.perf_counter(), done
     if done % cfg.log_every == 0 or done == cfg.steps:
       _check_finite(state, checkpointer)
       means = {k: float(v) / count for k, v in jax.device_get(sums).items()}
-      rate = (done - tick_step) * cfg.batch_size / (time.perf_counter() - tick)
-      writer.write(done, {**means, "requests_per_s": rate}, split="train")
-      bar.set_postfix(loss=f"{means['loss']:.4f}", req_s=f"{rate:,.0f}")
+      if done > tick_step:
+        means["requests_per_s"] = (done - tick_step) * cfg.batch_size / (time.perf_counter() - tick)
+        bar.set_postfix(loss=f"{means['loss']:.4f}", req_s=f"{means['requests_per_s']:,.0f}")
+      writer.write(done, means, split="train")
       sums, count = None, 0
     if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
       writer.write(done, exp.evaluate(state.params["cascade"], "test"), split="test", final=False)

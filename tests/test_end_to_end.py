@@ -104,6 +104,16 @@ def test_export_reload_scores_equal_in_process(runs, tmp_path):
   assert (alive[0].sum(-1) == np.minimum(4, batch.mask.sum(-1))).all() and (alive[1] <= alive[0]).all()
 
 
+def test_resume_with_fewer_steps_than_the_checkpoint_is_refused(runs):
+  straight, _ = runs
+  before = (straight / "config.json").read_text()
+  c = tiny_config()
+  c.train.steps = 10
+  with pytest.raises(ValueError, match=rf"config.train.steps=10 is below step {STEPS} of the checkpoint"):
+    trainer.train_and_evaluate(c, str(straight))
+  assert (straight / "config.json").read_text() == before  # the workdir is left as it was
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   c = tiny_config()
   c.optimizer.learning_rate, c.optimizer.grad_clip = 1e30, 0.0  # parameters blow up within a few steps
