@@ -70,7 +70,14 @@ class Cascade(nn.Module):
   def __call__(self, user: Mapping[str, jax.Array], items: Mapping[str, jax.Array],
                *, train: bool = False) -> jax.Array:
     """`[S, B, N]` scores of every stage for every candidate slot (padding slots included)."""
-    return jnp.stack([self.score_stage(user, items, s, train=train) for s in range(len(self.stages))])
+    embedded = {}  # one lookup per embedding collection, however many stages share it
+    scores = []
+    for stage in self.stages:
+      collection = self.embedders[stage.name]
+      if collection.name not in embedded:
+        embedded[collection.name] = collection(user, items)
+      scores.append(self.scorers[stage.name](embedded[collection.name], train=train))
+    return jnp.stack(scores)
 
 
 def stage_param_names(cascade: Cascade, stage: int) -> tuple[str, ...]:
