@@ -23,8 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.train_step import load_config  # noqa: E402
-from cascadejax import metrics  # noqa: E402
+from cascadejax import configuration, metrics  # noqa: E402
 from cascadejax.data import synthetic  # noqa: E402
 
 
@@ -33,7 +32,7 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default="configs/default.py")
   args = parser.parse_args()
-  config = load_config(args.config)
+  config = configuration.from_file(args.config)
   num_stages = len(config.cascade.stages)
   ks = tuple(config.cascade[s].k for s in config.cascade.stages)
   test = synthetic.load(config.data, num_stages).splits["test"]

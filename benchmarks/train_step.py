@@ -10,7 +10,6 @@ training loop (pipeline + step), each as requests/s, plus ratios between them.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
@@ -19,17 +18,9 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cascadejax import sharding  # noqa: E402
+from cascadejax import configuration, sharding  # noqa: E402
 from cascadejax.data import pipeline  # noqa: E402
 from cascadejax.experiment import Experiment  # noqa: E402
-
-
-def load_config(path: str):
-  """`get_config()` of the Python config file at `path`."""
-  spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def timed(fn, iters: int) -> float:
@@ -49,7 +40,7 @@ def main() -> None:
   parser.add_argument("--iters", type=int, default=30)
   args = parser.parse_args()
 
-  config = load_config(args.config)
+  config = configuration.from_file(args.config)
   config.train.batch_size = config.train.eval_batch_size = args.batch
   config.data.num_train = max(config.data.num_train // 4, 8 * args.batch)  # enough distinct batches
   config.data.num_test = 2 * args.batch

@@ -5,6 +5,7 @@ Every error names the offending key as it is written on the command line (`confi
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from typing import Any
@@ -130,6 +131,16 @@ def flatten(config: ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
     else:
       out[f"{prefix}{k}"] = plain(v)
   return out
+
+
+def from_file(path: str) -> ConfigDict:
+  """`get_config()` of the Python config file at `path` (as `train.py --config` reads it)."""
+  spec = importlib.util.spec_from_file_location("cascadejax_config", path)
+  if spec is None or spec.loader is None:
+    raise FileNotFoundError(f"cannot load config file {path!r}")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def save(config: ConfigDict, workdir: str) -> None:

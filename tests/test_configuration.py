@@ -81,3 +81,11 @@ def test_config_round_trips_through_the_workdir(tmp_path):
   c = tiny_config(3)
   configuration.save(c, str(tmp_path))
   assert configuration.flatten(configuration.load(str(tmp_path))) == configuration.flatten(c)
+
+
+def test_from_file_reads_config_files_like_train_py(tmp_path):
+  from configs import three_stage  # imports configs/default.py itself
+  assert configuration.flatten(configuration.from_file("configs/three_stage.py")) == \
+      configuration.flatten(three_stage.get_config())
+  with pytest.raises(FileNotFoundError, match="cannot load config file"):
+    configuration.from_file(str(tmp_path / "missing.txt"))
