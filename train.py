@@ -5,9 +5,7 @@
 Running the same command on a workdir that holds a checkpoint resumes the run.
 """
 
-import logging as py_logging
-
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from cascadejax import trainer
@@ -18,17 +16,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def quiet_libraries(record: py_logging.LogRecord) -> bool:
-  """Drops the per-save INFO lines of orbax and grain; their warnings and errors still show."""
-  return record.levelno >= py_logging.WARNING or not any(
-      f"/{lib}/" in record.pathname for lib in ("orbax", "grain"))
-
-
 def main(argv):
   """Parses flags and the config file, then trains and evaluates."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(quiet_libraries)
+  trainer.quiet_library_logs()
   trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

@@ -8,6 +8,7 @@ its last checkpoint and ends with exactly the metrics of an uninterrupted run.
 
 from __future__ import annotations
 
+import logging as py_logging
 import os
 import time
 from typing import Any
@@ -23,6 +24,16 @@ from cascadejax.checkpoint import Checkpointer
 from cascadejax.data import pipeline
 from cascadejax.experiment import Experiment, TrainState
 from cascadejax.metric_writer import MetricWriter
+
+
+def _quiet(record: py_logging.LogRecord) -> bool:
+  return record.levelno >= py_logging.WARNING or not any(
+      f"/{lib}/" in record.pathname for lib in ("orbax", "grain"))
+
+
+def quiet_library_logs() -> None:
+  """Drops the per-save INFO lines of orbax and grain from absl's log; their warnings still show."""
+  logging.get_absl_handler().addFilter(_quiet)
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -1,5 +1,6 @@
 """Bad configs fail before anything is built or compiled, with a message naming the key."""
 
+import glob
 import os
 
 import pytest
@@ -89,3 +90,10 @@ def test_from_file_reads_config_files_like_train_py(tmp_path):
       configuration.flatten(three_stage.get_config())
   with pytest.raises(FileNotFoundError, match="cannot load config file"):
     configuration.from_file(str(tmp_path / "missing.txt"))
+
+
+@pytest.mark.parametrize("path", sorted(p for p in glob.glob("configs/*.py") if not p.endswith("__init__.py")))
+def test_every_shipped_config_validates(path):
+  config = configuration.from_file(path)
+  configuration.validate(config)
+  assert config.method.name in config.method, f"{path}: the config should spell out its method's options"

@@ -6,8 +6,9 @@ from ml_collections import ConfigDict
 
 from cascadejax.losses.cascade.base import CascadeMethod
 from cascadejax.losses.cascade.independent import Independent
+from cascadejax.losses.cascade.lcron import LCRON
 
-METHODS: dict[str, type[CascadeMethod]] = {m.name: m for m in (Independent,)}
+METHODS: dict[str, type[CascadeMethod]] = {m.name: m for m in (Independent, LCRON)}
 
 
 def get_method(config: ConfigDict) -> CascadeMethod:
@@ -21,4 +22,4 @@ def get_method(config: ConfigDict) -> CascadeMethod:
                        gt_num=int(config.cascade.gt_num))
 
 
-__all__ = ["CascadeMethod", "Independent", "METHODS", "get_method"]
+__all__ = ["CascadeMethod", "Independent", "LCRON", "METHODS", "get_method"]

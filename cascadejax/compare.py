@@ -1,0 +1,207 @@
+"""Compare training methods on the same data over several seeds: Markdown table, CSVs and a plot.
+
+  python -m cascadejax.compare --config configs/default.py --methods independent,lcron --seeds 5 \
+      --out /tmp/compare [--config.train.steps=1000 ...]
+
+A method entry may carry option overrides for an ablation: `lcron:temperature=10:joint_k=stage` trains
+`lcron` with those two options changed (values are Python literals, else strings) and is reported
+under that label.
+
+For seed i (0-based), every method trains with `config.seed = seed + i` and `config.data.seed =
+data.seed + i`, so the methods of one seed see the same requests and start from the same key. Each
+run is an ordinary workdir (`OUT/runs/<method>/seed<i>`): an interrupted comparison started again
+with the same command skips finished runs and resumes unfinished ones from their checkpoints. A
+method's options come from `config.method.<method>` when the config has that section, else from the
+method's defaults.
+
+Outputs in OUT: `runs.csv` (one row per run: final test metrics and wall time), `summary.csv` (mean
+and std per method), `results.md` (the table, with paired differences against the first method) and
+`recall_e2e.png` (every seed's `recall_e2e` per method; needs matplotlib, `pip install
+cascadejax[plot]`).
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import os
+import re
+import time
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import ConfigDict, config_flags
+
+from cascadejax import configuration, metric_writer, trainer
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file of the comparison.")
+_METHODS = flags.DEFINE_list("methods", None, "Comma-separated method names, the first is the reference.")
+_SEEDS = flags.DEFINE_integer("seeds", 5, "Number of seeds.")
+_OUT = flags.DEFINE_string("out", None, "Output directory.")
+
+WALL_FILE = "compare_wall_s.json"
+
+
+def _literal(text: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def parse_method(spec: str) -> tuple[str, dict]:
+  """`"lcron:temperature=10:joint_k=stage"` -> `("lcron", {"temperature": 10, "joint_k": "stage"})`."""
+  name, *pairs = spec.split(":")
+  options = {}
+  for pair in pairs:
+    key, sep, value = pair.partition("=")
+    if not sep or not key:
+      raise ValueError(f"--methods: {spec!r}: expected NAME:option=value:..., got {pair!r}")
+    options[key] = _literal(value)
+  return name, options
+
+
+def run_config(config: ConfigDict, method: str, seed: int) -> ConfigDict:
+  """`config` trained with `method` (a name, or NAME:option=value:...) on seed index `seed` (data and
+  initialisation both shifted)."""
+  c = ConfigDict(config.to_dict())
+  name, options = parse_method(method)
+  c.method.name = name
+  if options:
+    c.method[name] = ConfigDict({**c.method.get(name, ConfigDict()).to_dict(), **options})
+  c.seed = int(config.seed) + seed
+  c.data.seed = int(config.data.seed) + seed
+  c.train.progress_bar = False
+  return c
+
+
+def run_one(config: ConfigDict, workdir: str) -> dict:
+  """Trains one run unless its workdir already holds the final report; returns report + wall time."""
+  wall_path = os.path.join(workdir, WALL_FILE)
+  if os.path.exists(os.path.join(workdir, "config.json")):
+    saved, wanted = configuration.flatten(configuration.load(workdir)), configuration.flatten(config)
+    changed = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+    if changed:
+      raise ValueError(f"compare: {workdir} holds a run of a different config (config.{changed[0]}, "
+                       f"{len(changed)} key(s) differ); use another --out")
+  if os.path.exists(wall_path):
+    final = [line for line in metric_writer.read(workdir) if line.get("final")]
+    if final:
+      with open(wall_path) as f:
+        return {**final[-1], "wall_s": json.load(f)["wall_s"]}
+  start = time.perf_counter()
+  report = trainer.train_and_evaluate(config, workdir)
+  wall = time.perf_counter() - start
+  with open(wall_path, "w") as f:
+    json.dump({"wall_s": wall}, f)
+  jax.clear_caches()
+  return {**report, "wall_s": wall}
+
+
+def metric_names(rows: list[dict]) -> list[str]:
+  """`recall_e2e` first, then the other model metrics (random-selection references last)."""
+  names = sorted({k for r in rows for k in r if "/" in k or k.startswith("recall")} - {"recall_e2e"})
+  model = [n for n in names if not n.endswith("_random")]
+  return ["recall_e2e"] + model + [n for n in names if n.endswith("_random")]
+
+
+def summarize(rows: list[dict], methods: list[str]) -> list[dict]:
+  """Mean and sample std of every metric and of the wall time, per method."""
+  out = []
+  for m in methods:
+    runs = [r for r in rows if r["method"] == m]
+    entry = {"method": m, "seeds": len(runs)}
+    for name in metric_names(rows) + ["wall_s"]:
+      values = np.array([r[name] for r in runs if name in r], float)
+      entry[f"{name}_mean"] = float(values.mean())
+      entry[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    out.append(entry)
+  return out
+
+
+def markdown(rows: list[dict], summary: list[dict], methods: list[str]) -> str:
+  """The comparison table: mean +/- std per method, and the paired difference to the first method."""
+  stage_recalls = [n for n in metric_names(rows) if "/recall@" in n and not n.endswith("_random")]
+  cols = ["recall_e2e"] + stage_recalls
+  head = ["method", *[f"`{c}`" for c in cols], f"`recall_e2e` minus {methods[0]} (paired)", "wall time"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  ref = {r["seed"]: r["recall_e2e"] for r in rows if r["method"] == methods[0]}
+  for s in summary:
+    cells = [f"`{s['method']}`"] + [f"{s[c + '_mean']:.4f} ± {s[c + '_std']:.4f}" for c in cols]
+    diffs = np.array([r["recall_e2e"] - ref[r["seed"]] for r in rows
+                      if r["method"] == s["method"] and r["seed"] in ref])
+    cells.append("" if s["method"] == methods[0] else
+                 f"{diffs.mean():+.4f} ± {diffs.std(ddof=1) if len(diffs) > 1 else 0.0:.4f} "
+                 f"({(diffs > 0).sum()}/{len(diffs)} seeds better)")
+    cells.append(f"{s['wall_s_mean']:.0f} s")
+    lines.append("| " + " | ".join(cells) + " |")
+  random = np.mean([r["recall_e2e_random"] for r in rows if "recall_e2e_random" in r])
+  lines.append(f"| random selection | {random:.4f} |" + " |" * (len(head) - 2))
+  return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], methods: list[str], path: str) -> bool:
+  """Per-method `recall_e2e` of every seed with its mean; False if matplotlib is not installed."""
+  try:
+    import matplotlib  # noqa: PLC0415 (optional dependency)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+  except ImportError:
+    return False
+  fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(methods), 3.2))
+  for i, m in enumerate(methods):
+    values = [r["recall_e2e"] for r in rows if r["method"] == m]
+    ax.scatter(np.full(len(values), i), values, s=14, alpha=0.7)
+    ax.errorbar(i + 0.18, np.mean(values), yerr=np.std(values, ddof=1) if len(values) > 1 else 0,
+                fmt="o", color="black", capsize=3)
+  ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
+  ax.set_ylabel("test recall_e2e")
+  ax.grid(axis="y", alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return True
+
+
+def compare(config: ConfigDict, methods: list[str], seeds: int, out: str) -> list[dict]:
+  """Runs every (method, seed), writes the outputs, and returns one row per run."""
+  if seeds < 1 or not methods:
+    raise ValueError("compare: need at least one method and --seeds >= 1")
+  for m in methods:  # fail on a bad method name before training anything
+    configuration.validate(run_config(config, m, 0))
+  rows = []
+  for seed in range(seeds):
+    for m in methods:
+      logging.info("compare: %s, seed %d of %d", m, seed + 1, seeds)
+      folder = re.sub(r"[^A-Za-z0-9_.=-]+", "_", m)
+      report = run_one(run_config(config, m, seed), os.path.join(out, "runs", folder, f"seed{seed}"))
+      rows.append({"method": m, "seed": seed, **{k: v for k, v in report.items()
+                                                 if isinstance(v, (int, float)) and k != "final"}})
+  summary = summarize(rows, methods)
+  for name, table in (("runs.csv", rows), ("summary.csv", summary)):
+    with open(os.path.join(out, name), "w", newline="") as f:
+      writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in table for k in r)))
+      writer.writeheader()
+      writer.writerows(table)
+  with open(os.path.join(out, "results.md"), "w") as f:
+    f.write(markdown(rows, summary, methods))
+  if not plot(rows, methods, os.path.join(out, "recall_e2e.png")):
+    logging.warning("matplotlib is not installed: no plot (pip install 'cascadejax[plot]')")
+  return rows
+
+
+def main(argv):
+  del argv
+  if _CONFIG.value is None or not _METHODS.value or not _OUT.value:
+    raise app.UsageError("--config, --methods and --out are required")
+  trainer.quiet_library_logs()
+  os.makedirs(_OUT.value, exist_ok=True)
+  compare(_CONFIG.value, _METHODS.value, _SEEDS.value, _OUT.value)
+  with open(os.path.join(_OUT.value, "results.md")) as f:
+    print(f.read())
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,8 @@
+"""Differentiable ranking operators: relaxed sorting and soft top-k (`soft_sort`, `soft_topk`)."""
+
+from cascadejax.ops.soft_sort import masked_softmax, neural_sort, soft_sort
+from cascadejax.ops.soft_topk import soft_topk
+from cascadejax.ops.lambdarank import PairSpec, count_label_pairs, tiled_pairwise_loss
+
+__all__ = ["masked_softmax", "neural_sort", "soft_sort", "soft_topk",
+           "PairSpec", "count_label_pairs", "tiled_pairwise_loss"]

@@ -1,0 +1,32 @@
+"""LCRON on the two-stage synthetic default: two-tower retrieval (40 -> 20) -> MLP pre-ranker (20 -> 10).
+
+The data, models, optimizer and schedule are those of `configs/default.py` (the `independent`
+baseline); only the training method differs.
+
+Run:
+  python train.py --config configs/lcron.py --workdir /tmp/cascadejax/lcron
+"""
+
+from ml_collections import ConfigDict
+
+from configs import default
+
+
+def lcron_options() -> ConfigDict:
+  """`config.method.lcron`: every option of the method, at the published setting."""
+  return ConfigDict(dict(
+      topk_method="neural_sort",  # neural_sort | soft_sort | threshold
+      temperature=50.0,  # one float, or a tuple with one per stage (set in a config file)
+      relax_k="gt_num",  # k of each stage's L_relax term: gt_num | stage | a tuple of ints
+      joint_k="gt_num",  # k of each stage's factor in L_joint: gt_num | stage | a tuple of ints
+      weighting="uncertainty",  # uncertainty (learned w_s) | fixed (relax_weights)
+      relax_weights=1.0,  # lambda_s of weighting="fixed": one float or one per stage
+      eps=1e-6))  # added inside every log
+
+
+def get_config() -> ConfigDict:
+  """The default cascade and data, trained with `lcron` (cascadejax/losses/cascade/lcron.py)."""
+  c = default.get_config()
+  c.method.name = "lcron"
+  c.method.lcron = lcron_options()
+  return c

@@ -1,0 +1,57 @@
+"""`cascadejax.compare`: runs every (method, seed) on shared data, summarises, and resumes."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+
+from cascadejax import compare
+from tests.conftest import tiny_config
+
+
+def test_compare_writes_paired_tables_and_skips_finished_runs(tmp_path):
+  config = tiny_config()
+  config.train.steps, config.train.eval_every = 4, 0
+  rows = compare.compare(config, ["independent", "lcron"], 2, str(tmp_path))
+  assert [(r["method"], r["seed"]) for r in rows] == [
+      ("independent", 0), ("lcron", 0), ("independent", 1), ("lcron", 1)]
+  # Seed i shifts both the data and the initialisation, and both methods of a seed share the data:
+  # the random-selection reference depends on the requests only.
+  assert rows[0]["recall_e2e_random"] == rows[1]["recall_e2e_random"] != rows[2]["recall_e2e_random"]
+  with open(tmp_path / "summary.csv") as f:
+    summary = {r["method"]: r for r in csv.DictReader(f)}
+  lcron = [r["recall_e2e"] for r in rows if r["method"] == "lcron"]
+  np.testing.assert_allclose(float(summary["lcron"]["recall_e2e_mean"]), np.mean(lcron), rtol=1e-6)
+  np.testing.assert_allclose(float(summary["lcron"]["recall_e2e_std"]), np.std(lcron, ddof=1), rtol=1e-6)
+  table = (tmp_path / "results.md").read_text()
+  assert "| `lcron` |" in table and "minus independent (paired)" in table and "random selection" in table
+  assert os.path.getsize(tmp_path / "recall_e2e.png") > 1000
+  with open(tmp_path / "runs.csv") as f:
+    assert len(list(csv.DictReader(f))) == 4
+
+  # A second call finds every run finished and trains nothing: same rows, same wall times.
+  mtime = os.path.getmtime(tmp_path / "runs" / "lcron" / "seed1" / "metrics.jsonl")
+  again = compare.compare(config, ["independent", "lcron"], 2, str(tmp_path))
+  assert again == rows
+  assert os.path.getmtime(tmp_path / "runs" / "lcron" / "seed1" / "metrics.jsonl") == mtime
+
+
+def test_compare_rejects_an_unknown_method_before_training(tmp_path):
+  with pytest.raises(ValueError, match="config.method.name: unknown method 'lcorn'"):
+    compare.compare(tiny_config(), ["independent", "lcorn"], 1, str(tmp_path))
+  assert not (tmp_path / "runs").exists()
+
+
+def test_method_specs_carry_option_overrides_and_runs_refuse_a_changed_config(tmp_path):
+  assert compare.parse_method("lcron:temperature=10:joint_k=stage:relax_k=(2, 1)") == (
+      "lcron", {"temperature": 10, "joint_k": "stage", "relax_k": (2, 1)})
+  with pytest.raises(ValueError, match="expected NAME:option=value"):
+    compare.parse_method("lcron:temperature")
+  config = tiny_config()
+  config.train.steps, config.train.eval_every = 2, 0
+  c = compare.run_config(config, "lcron:temperature=3.0", 1)
+  assert (c.method.name, c.method.lcron.temperature, c.seed, c.data.seed) == ("lcron", 3.0, 1, 1)
+  compare.run_one(c, str(tmp_path))
+  with pytest.raises(ValueError, match=r"holds a run of a different config \(config.method.lcron.temperature"):
+    compare.run_one(compare.run_config(config, "lcron:temperature=4.0", 1), str(tmp_path))

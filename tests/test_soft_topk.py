@@ -1,0 +1,173 @@
+"""cascadejax.ops: relaxed permutations and soft top-k against brute force and their limits."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cascadejax.ops import neural_sort, soft_sort, soft_topk
+
+METHODS = ("neural_sort", "soft_sort", "threshold")
+
+
+def _softmax(x):
+  e = np.exp(x - x.max())
+  return e / e.sum()
+
+
+def _brute_neural_sort(s, tau):
+  """The NeuralSort formula on one unpadded list, written with explicit loops (float64)."""
+  n = len(s)
+  p = np.zeros((n, n))
+  for r in range(1, n + 1):
+    logits = [((n + 1 - 2 * r) * s[j] - sum(abs(s[j] - s[k]) for k in range(n))) / tau for j in range(n)]
+    p[r - 1] = _softmax(np.array(logits))
+  return p
+
+
+def _brute_soft_sort(s, tau):
+  ordered = sorted(s, reverse=True)
+  return np.stack([_softmax(np.array([-abs(o - x) / tau for x in s])) for o in ordered])
+
+
+def _embed(p_valid, idx, n):
+  """Places an [m, m] matrix of the valid items into the [n, n] layout (padding rows/columns 0)."""
+  out = np.zeros((n, n))
+  out[np.ix_(range(len(idx)), idx)] = p_valid
+  return out
+
+
+def _random_lists(seed, shape=(3, 6), pad=True):
+  rng = np.random.default_rng(seed)
+  s = rng.normal(size=shape).astype(np.float32)
+  where = rng.random(shape) < 0.75 if pad else np.ones(shape, bool)
+  where[..., 0] = True
+  return s, where
+
+
+@pytest.mark.parametrize("fn,brute", [(neural_sort, _brute_neural_sort), (soft_sort, _brute_soft_sort)])
+def test_permutations_match_brute_force_with_padding(fn, brute):
+  s, where = _random_lists(0)
+  got = np.asarray(fn(jnp.asarray(s), temperature=0.7, where=jnp.asarray(where)))
+  for b in range(s.shape[0]):
+    idx = np.flatnonzero(where[b])
+    want = _embed(brute(s[b, idx].astype(np.float64), 0.7), idx, s.shape[1])
+    np.testing.assert_allclose(got[b], want, atol=1e-5)
+
+
+@pytest.mark.parametrize("fn", [neural_sort, soft_sort])
+def test_permutation_rows_sum_to_one_and_padding_is_empty(fn):
+  s, where = _random_lists(1, shape=(4, 7))
+  p = np.asarray(fn(jnp.asarray(s), temperature=2.0, where=jnp.asarray(where)))
+  m = where.sum(-1)
+  for b in range(4):
+    np.testing.assert_allclose(p[b, :m[b]].sum(-1), 1.0, rtol=1e-5)
+    assert np.all(p[b, m[b]:] == 0) and np.all(p[b][:, ~where[b]] == 0)
+  # At a low temperature the matrix is the hard descending permutation: columns sum to 1 too.
+  cold = np.asarray(fn(jnp.asarray(s), temperature=1e-3, where=jnp.asarray(where)))
+  for b in range(4):
+    order = np.argsort(-np.where(where[b], s[b], -np.inf), kind="stable")[:m[b]]
+    np.testing.assert_allclose(cold[b, np.arange(m[b]), order], 1.0, atol=1e-4)
+    np.testing.assert_allclose(cold[b][:, where[b]].sum(0), 1.0, atol=1e-4)
+
+
+def _brute_threshold(s, k, tau):
+  """sigmoid((s - t) / tau) with sum = k, t found by float64 bisection (independent of the op)."""
+  lo, hi = s.min() - 50 * tau, s.max() + 50 * tau
+  for _ in range(200):
+    mid = (lo + hi) / 2
+    lo, hi = (mid, hi) if (1 / (1 + np.exp(-(s - mid) / tau))).sum() > k else (lo, mid)
+  return 1 / (1 + np.exp(-(s - (lo + hi) / 2) / tau))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("k", [1, 2, 3, 5])
+def test_soft_topk_matches_brute_force(method, k):
+  s, where = _random_lists(2)
+  got = np.asarray(soft_topk(jnp.asarray(s), k, where=jnp.asarray(where), method=method, temperature=0.8))
+  for b in range(s.shape[0]):
+    idx = np.flatnonzero(where[b])
+    sv = s[b, idx].astype(np.float64)
+    if k >= len(idx):
+      want = np.ones(len(idx))
+    elif method == "threshold":
+      want = _brute_threshold(sv, k, 0.8)
+    else:
+      p = (_brute_neural_sort if method == "neural_sort" else _brute_soft_sort)(sv, 0.8)
+      want = p[:k].sum(0) / p.sum(0)
+    np.testing.assert_allclose(got[b, idx], want, atol=2e-5)
+    assert np.all(got[b, ~where[b]] == 0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_soft_topk_tends_to_hard_topk(method):
+  s, where = _random_lists(3, shape=(5, 8))
+  for k in range(0, 10):
+    hard = np.zeros_like(where)
+    for b in range(5):
+      order = np.argsort(-np.where(where[b], s[b], -np.inf))
+      hard[b, order[:min(k, where[b].sum())]] = True
+    got = np.asarray(soft_topk(jnp.asarray(s), k, where=jnp.asarray(where), method=method,
+                               temperature=1e-4))
+    np.testing.assert_allclose(got, hard.astype(np.float32), atol=1e-3, err_msg=f"k={k}")
+
+
+def test_threshold_sums_to_k_and_its_implicit_gradient_matches_finite_differences():
+  s, where = _random_lists(4, shape=(2, 7))
+  p = soft_topk(jnp.asarray(s), 3, where=jnp.asarray(where), method="threshold", temperature=0.5)
+  np.testing.assert_allclose(np.asarray(p).sum(-1), np.minimum(3, where.sum(-1)), rtol=1e-5)
+  jac = np.asarray(jax.jacobian(lambda x: soft_topk(x, 3, method="threshold", temperature=0.5))(
+      jnp.asarray(s[0])))
+  eps, num = 1e-4, np.zeros((7, 7))
+  base = s[0].astype(np.float64)
+  for j in range(7):
+    d = np.eye(7)[j] * eps
+    num[:, j] = (_brute_threshold(base + d, 3, 0.5) - _brute_threshold(base - d, 3, 0.5)) / (2 * eps)
+  np.testing.assert_allclose(jac, num, atol=1e-3)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_gradients_are_finite_for_ties_masks_and_empty_lists(method):
+  scores = jnp.array([[1.0, 1.0, 1.0, 0.0, 2.0],   # ties
+                      [0.5, -0.5, 3.0, 0.0, 0.0],  # padding
+                      [0.0, 0.0, 0.0, 0.0, 0.0],   # all masked
+                      [9.0, -9.0, 0.0, 1e-7, 0.0]])  # k > number of valid items
+  where = jnp.array([[1, 1, 1, 1, 1], [1, 1, 0, 1, 0], [0, 0, 0, 0, 0], [1, 1, 0, 0, 0]], bool)
+  weights = jnp.arange(1.0, 6.0)
+
+  def f(x):
+    return (soft_topk(x, 3, where=where, method=method, temperature=0.3) * weights).sum()
+
+  value, grad = jax.value_and_grad(f)(scores)
+  p = soft_topk(scores, 3, where=where, method=method, temperature=0.3)
+  assert np.isfinite(value) and np.all(np.isfinite(grad))
+  assert np.all(np.asarray(grad)[~np.asarray(where)] == 0), "padding received gradient"
+  assert np.all(np.asarray(p)[2] == 0)
+  np.testing.assert_allclose(np.asarray(p)[3, :2], 1.0)  # k = 3 > m = 2: both selected
+  np.testing.assert_allclose(np.asarray(p)[0, :3], np.asarray(p)[0, 0])  # tied items, equal values
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_leading_dims_vmap_and_per_list_k(method):
+  s, where = _random_lists(5, shape=(2, 3, 6))
+  kw = dict(method=method, temperature=0.5)
+  batched = soft_topk(jnp.asarray(s), 2, where=jnp.asarray(where), **kw)
+  mapped = jax.vmap(jax.vmap(lambda x, w: soft_topk(x, 2, where=w, **kw)))(jnp.asarray(s), jnp.asarray(where))
+  np.testing.assert_allclose(batched, mapped, atol=1e-6)
+  for a, b in itertools.product(range(2), range(3)):
+    one = soft_topk(jnp.asarray(s[a, b]), 2, where=jnp.asarray(where[a, b]), **kw)
+    np.testing.assert_allclose(batched[a, b], one, atol=1e-6)
+  ks = jnp.array([[1, 2, 3], [3, 2, 1]])
+  per_list = soft_topk(jnp.asarray(s), ks, where=jnp.asarray(where), **kw)
+  for a, b in itertools.product(range(2), range(3)):
+    one = soft_topk(jnp.asarray(s[a, b]), int(ks[a, b]), where=jnp.asarray(where[a, b]), **kw)
+    np.testing.assert_allclose(per_list[a, b], one, atol=1e-6)
+
+
+def test_soft_topk_rejects_bad_arguments():
+  with pytest.raises(ValueError, match="unknown method 'sinkhorn'"):
+    soft_topk(jnp.zeros(3), 1, method="sinkhorn")
+  with pytest.raises(ValueError, match="temperature must be positive"):
+    soft_topk(jnp.zeros(3), 1, temperature=0.0)
