@@ -21,7 +21,11 @@ FEATURES = (
     FeatureSpec("category", "items", "category", 5),
 )
 KWARGS = {"two_tower": dict(hidden=(4,), out_dim=3), "mlp": dict(hidden=(4,)),
-          "dcn": dict(num_cross=1, deep=(4,))}
+          "dcn": dict(num_cross=1, deep=(4,)),
+          # the model zoo (issue 6); its own tests are tests/test_models_*.py
+          "dcn_v1": dict(num_cross=1, deep=(4,)), "dssm": dict(hidden=(4,), out_dim=3),
+          "din": dict(attention=(4,), hidden=(4,)), "deepfm": dict(hidden=(4,)), "wide_deep": dict(deep=(4,)),
+          "mmoe": dict(num_experts=2, expert=(4,), tower=(3,)), "sasrec": dict(num_blocks=1, hidden=(4,), out_dim=3)}
 
 
 def batch():
