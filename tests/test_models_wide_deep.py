@@ -51,3 +51,20 @@ def test_without_wide_features_it_is_linear_plus_deep_and_unknown_names_fail():
   assert n_params(jax.eval_shape(model.init, jax.random.key(1), emb)) == 4 * D + dense_count((4 * D, 5, 1))
   with pytest.raises(ValueError, match=r"wide features \['user_group_x_category'\] are not in the data"):
     get_model("wide_deep", {"wide": ("user_group_x_category",)}).init(jax.random.key(1), emb)
+
+
+def test_synthetic_cross_features():
+  from cascadejax.data import synthetic
+  from tests.conftest import tiny_config
+  cfg = tiny_config().data
+  cfg.cross_features = (("user_group", "category"),)
+  data = synthetic.load(cfg, 2)
+  spec = [f for f in data.features if f.name == "user_group_x_category"]
+  assert spec and spec[0].side == "items" and spec[0].vocab_size == cfg.num_user_groups * cfg.num_categories + 1
+  b = data.splits["train"]
+  cross = b.items["user_group_x_category"]
+  want = (b.user["user_group"][:, None] - 1) * cfg.num_categories + b.items["category"]
+  np.testing.assert_array_equal(cross, np.where(b.mask, want, 0))
+  cfg.cross_features = (("history", "category"),)
+  with pytest.raises(ValueError, match=r"config\.data\.cross_features"):
+    synthetic.load(cfg, 2)

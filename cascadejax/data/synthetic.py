@@ -22,6 +22,21 @@ so deeper candidates always rank above shallower ones, and the top `k_S` labels 
 production cascade exposed, ordered by its final scorer. Exposed candidates also get a click,
 Bernoulli(sigmoid(r)). Everything is a pure function of the seed; train and test are disjoint
 requests drawn from one stream.
+
+Opt-in extras (absent keys keep the default data bit for bit):
+
+- `config.data.feedback`: feedback fields to log, from ("click", "like", "long_view"); default
+  ("click",). Likes and long views happen only on clicked items, each driven by a different part of
+  the utility, so multi-task rankers have tasks that disagree:
+
+      like      ~ click * Bernoulli(sigmoid(2 M[g_u, c_i] - like_offset))        (taste for the category)
+      long_view ~ click * Bernoulli(sigmoid(2 <p_u, q_i> - long_view_offset))    (latent affinity)
+
+  with `config.data.like_offset` (default 1.0) and `config.data.long_view_offset` (default 0.5).
+  They are drawn after everything else, so asking for them changes no other field.
+- `config.data.cross_features`: pairs (user feature, item feature) of non-sequence features; each
+  adds the item-side cross-product feature `<user>_x_<item>` with an id per seen pair (its own
+  embedding table), the wide part of `wide_deep`. E.g. (("user_group", "category"),).
 """
 
 from __future__ import annotations
@@ -140,15 +155,31 @@ def _log_cascade(cfg: ConfigDict, world: World, rng: np.random.Generator, num_re
   label = np.where(mask, stage + 1.0 / (1.0 + np.exp(-decided)), 0.0).astype(np.float32)
   click_p = 1.0 / (1.0 + np.exp(cfg.click_offset - utility))
   click = (alive & (rng.random(utility.shape) < click_p)).astype(np.float32)
+  feedback = {"click": click}
+  requested = tuple(cfg.get("feedback", ("click",)))
+  if "like" in requested:
+    taste = world.cross[world.user_group[user][:, None], cat]
+    p = 1.0 / (1.0 + np.exp(cfg.get("like_offset", 1.0) - 2.0 * taste))
+    feedback["like"] = (click * (rng.random(click.shape) < p)).astype(np.float32)
+  if "long_view" in requested:
+    affinity = np.einsum("bd,bnd->bn", world.user_factors[user], world.item_factors[cand])
+    p = 1.0 / (1.0 + np.exp(cfg.get("long_view_offset", 0.5) - 2.0 * affinity))
+    feedback["long_view"] = (click * (rng.random(click.shape) < p)).astype(np.float32)
 
   ids = lambda a: np.where(mask, a + 1, 0).astype(np.int32)  # 0 is the padding id
+  user_ids = {"user_id": (user + 1).astype(np.int32),
+              "user_group": (world.user_group[user] + 1).astype(np.int32),
+              "context": (context + 1).astype(np.int32)}
+  item_ids = {"item_id": ids(cand), "category": ids(cat), "creator": ids(world.item_creator[cand])}
+  sizes = {f.name: f.vocab_size for f in features(cfg)}
+  crosses = {}
+  for a, b in cfg.get("cross_features", ()):
+    pair = (user_ids[a][:, None].astype(np.int64) - 1) * (sizes[b] - 1) + item_ids[b] - 1 + 1
+    crosses[f"{a}_x_{b}"] = np.where(mask, pair, 0).astype(np.int32)
   return CascadeBatch(
-      user={"user_id": (user + 1).astype(np.int32),
-            "user_group": (world.user_group[user] + 1).astype(np.int32),
-            "context": (context + 1).astype(np.int32),
-            "history": world.history[user]},
-      items={"item_id": ids(cand), "category": ids(cat), "creator": ids(world.item_creator[cand])},
-      stage=stage, label=label, mask=mask, feedback={"click": click})
+      user={**user_ids, "history": world.history[user]},
+      items={**item_ids, **crosses},
+      stage=stage, label=label, mask=mask, feedback=feedback)
 
 
 def features(cfg: ConfigDict) -> tuple[FeatureSpec, ...]:
@@ -161,7 +192,20 @@ def features(cfg: ConfigDict) -> tuple[FeatureSpec, ...]:
       FeatureSpec("item_id", "items", "item_id", cfg.num_items + 1),
       FeatureSpec("category", "items", "category", cfg.num_categories + 1),
       FeatureSpec("creator", "items", "creator", cfg.num_creators + 1),
-  )
+  ) + cross_features(cfg)
+
+
+USER_FEATURES = ("user_id", "user_group", "context")
+ITEM_FEATURES = ("item_id", "category", "creator")
+FEEDBACK = ("click", "like", "long_view")
+
+
+def cross_features(cfg: ConfigDict) -> tuple[FeatureSpec, ...]:
+  """Specs of the opt-in cross-product features (`config.data.cross_features`), one table each."""
+  sizes = {"user_id": cfg.num_users, "user_group": cfg.num_user_groups, "context": cfg.num_contexts,
+           "item_id": cfg.num_items, "category": cfg.num_categories, "creator": cfg.num_creators}
+  return tuple(FeatureSpec(f"{a}_x_{b}", "items", f"{a}_x_{b}", sizes[a] * sizes[b] + 1)
+               for a, b in cfg.get("cross_features", ()))
 
 
 def check_config(cfg: ConfigDict, num_stages: int) -> None:
@@ -183,6 +227,18 @@ def check_config(cfg: ConfigDict, num_stages: int) -> None:
     prev = k
   if not 1 <= cfg.min_history <= cfg.history_len:
     raise ValueError(f"config.data.min_history={cfg.min_history} must be in [1, history_len={cfg.history_len}]")
+  unknown = sorted(set(cfg.get("feedback", ("click",))) - set(FEEDBACK))
+  if unknown or "click" not in tuple(cfg.get("feedback", ("click",))):
+    raise ValueError(f"config.data.feedback must include 'click' and take only {FEEDBACK}; got "
+                     f"{tuple(cfg.feedback)}")
+  for pair in cfg.get("cross_features", ()):
+    if len(pair) != 2 or pair[0] not in USER_FEATURES or pair[1] not in ITEM_FEATURES:
+      raise ValueError(f"config.data.cross_features: {tuple(pair)!r} is not a pair (user feature in "
+                       f"{USER_FEATURES}, item feature in {ITEM_FEATURES})")
+  rows = [f.vocab_size for f in cross_features(cfg)]
+  if rows and max(rows) > 2**24:
+    raise ValueError(f"config.data.cross_features: a cross with {max(rows):,} ids is too large for one "
+                     "embedding table here; cross coarser features")
   for key in ("num_train", "num_test"):
     if cfg[key] < 1:
       raise ValueError(f"config.data.{key} must be >= 1, got {cfg[key]}")
