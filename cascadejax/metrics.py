@@ -150,6 +150,51 @@ def evaluate(stage_scores: jax.Array, batch: CascadeBatch, *, ks: Sequence[int],
   return out
 
 
+def distinct_count(values: jax.Array, valid: jax.Array) -> jax.Array:
+  """`[...]`: the number of distinct entries of `values [..., k]` among positions where `valid`."""
+  same = (values[..., :, None] == values[..., None, :]) & valid[..., None, :]
+  earlier = jnp.tril(jnp.ones(same.shape[-2:], bool), k=-1)  # [p, q] with q < p
+  return (valid & ~(same & earlier).any(-1)).sum(-1)
+
+
+def shown_list_metrics(order: jax.Array, valid: jax.Array, batch: CascadeBatch, *, gt_num: int,
+                       diversity_features: Sequence[str], prefix: str) -> dict[str, tuple[jax.Array, jax.Array]]:
+  """Metrics of the list finally shown (e.g. after a re-ranker), as `name -> (sum, count)` over lists.
+
+  With k = order's length and GT the top `gt_num` labels among all valid candidates:
+
+    <prefix>/recall@G@K       |GT ∩ shown| / |GT|
+    <prefix>/ndcg@K           DCG of the shown order / ideal DCG@k over all valid candidates
+    <prefix>/distinct_<f>@K   distinct values of item feature f among the shown items
+    <prefix>/size             number of items shown
+
+  Args:
+    order: `[B, k]` slots shown, in order.
+    valid: `[B, k]` bool, positions actually filled.
+    batch: the batch (labels, mask, item features).
+    gt_num: ground-truth size.
+    diversity_features: item features whose distinct values are counted.
+    prefix: name prefix.
+  """
+  where, labels = batch.mask, batch.label
+  k = order.shape[-1]
+  lists = _valid_lists(where)
+  count = lists.sum().astype(jnp.float32)
+  per_list = lambda v: (jnp.where(lists, v, 0.0).sum(), count)
+  truth = ground_truth(labels, gt_num, where=where)
+  shown_truth = jnp.take_along_axis(truth, order, axis=-1) & valid
+  out = {f"{prefix}/recall@{gt_num}@{k}": per_list(shown_truth.sum(-1) / jnp.maximum(truth.sum(-1), 1))}
+  gains = jnp.where(valid, jnp.take_along_axis(_gains(labels, where), order, axis=-1), 0.0)
+  dcg = (gains * _discounts(k, None)).sum(-1)
+  ideal = (_sorted_desc(_gains(labels, where), where, labels) * _discounts(labels.shape[-1], k)).sum(-1)
+  out[f"{prefix}/ndcg@{k}"] = per_list(jnp.where(ideal > 0, dcg / jnp.where(ideal > 0, ideal, 1.0), 0.0))
+  for f in diversity_features:
+    values = jnp.take_along_axis(batch.items[f], order, axis=-1)
+    out[f"{prefix}/distinct_{f}@{k}"] = per_list(distinct_count(values, valid).astype(jnp.float32))
+  out[f"{prefix}/size"] = per_list(valid.sum(-1).astype(jnp.float32))
+  return out
+
+
 class MetricSums:
   """Accumulates `evaluate` outputs over batches (on device, without syncing) into means."""
 
