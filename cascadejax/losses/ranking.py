@@ -1,5 +1,10 @@
 """Ranking losses with rax-style signatures: `[..., list_size]` inputs, keyword-only `where`,
 `weights` and `reduce_fn`. Masked and empty lists never produce NaN.
+
+This module holds the shared reduction and the pointwise losses; the pairwise losses (RankNet, BPR,
+hinge, LambdaRank, LambdaLoss) live in `pairwise.py`, the listwise softmax loss in `listwise.py`.
+All of them are exported from `cascadejax.losses`; docs/losses.md gives every formula and its rax
+counterpart.
 """
 
 from __future__ import annotations
@@ -45,6 +50,28 @@ def sigmoid_bce_loss(scores: jax.Array, labels: jax.Array, *, where: jax.Array |
   """
   labels = labels.astype(scores.dtype)
   loss = jnp.logaddexp(0.0, scores) - scores * labels
+  if weights is not None:
+    loss = loss * weights
+  return safe_reduce(loss, where=where, reduce_fn=reduce_fn)
+
+
+def mse_loss(scores: jax.Array, labels: jax.Array, *, where: jax.Array | None = None,
+             weights: jax.Array | None = None, reduce_fn: ReduceFn = jnp.mean) -> jax.Array:
+  """Pointwise squared error (rax's `pointwise_mse_loss`).
+
+      l_i = w_i (s_i - y_i)^2
+
+  Args:
+    scores: `[..., list_size]` predictions.
+    labels: `[..., list_size]` targets.
+    where: optional `[..., list_size]` bool; False entries contribute nothing.
+    weights: optional per-item weights w, broadcastable to `scores`.
+    reduce_fn: `jnp.mean` (over the valid entries), `jnp.sum`, or None for per-item losses.
+
+  Returns:
+    The reduced loss, or `[..., list_size]` losses if `reduce_fn` is None.
+  """
+  loss = jnp.square(scores - labels.astype(scores.dtype))
   if weights is not None:
     loss = loss * weights
   return safe_reduce(loss, where=where, reduce_fn=reduce_fn)

@@ -1,0 +1,336 @@
+"""Memory-tiled pairwise kernel for RankNet, LambdaRank and LambdaLoss.
+
+Every pairwise ranking loss in `cascadejax.losses` is, per list, a sum over the ordered pairs (i, j)
+of valid items with y_i > y_j:
+
+    L = sum_{y_i > y_j}  c_i * lambda_ij * l(s_i - s_j)
+    l(t) = log(1 + exp(-t))  ("logistic")   or   max(0, m - t)  ("hinge")
+
+with c_i a per-item weight of the better item and lambda_ij a rank-dependent pair weight (1 for
+RankNet; |delta NDCG| for LambdaRank; NDCG-Loss2(++) for LambdaLoss). Built naively (rax's
+`compute_pairs`) this materialises several `[B, n * n]` tensors. This kernel never does:
+
+1. It sorts every list once by score (descending, ties by index, padding last), so the 1-based rank
+   of an item is its position p + 1 and every rank-dependent factor is a function of positions.
+2. It visits each unordered pair exactly once, as (p, (p + d) mod n) for offsets d = 1 .. n // 2,
+   orients it by the labels and scans over d (`lax.scan`, `unroll` offsets per step) inside a
+   `lax.map` over tiles of `list_tile` lists, so the working set is O(list_tile * n * unroll).
+   On a cyclic offset d the rank gap |p - q| is d or n - d and the worse rank is the partner's or
+   the item's own, so LambdaLoss's rank-gap discounts are two scalars per step, not per pair.
+3. A `custom_vjp` computes the pair gradients ("lambdas") in the same sweep as the loss and
+   accumulates them per item; nothing of the sweep is stored for the backward pass.
+
+When only LambdaRank's weight is used with a `topn` < n / 2, pairs with both ranks below topn have
+weight 0, so a second path visits only the rows p < topn (O(n * topn) pairs instead of n^2 / 2).
+
+Gradients flow to `scores` only: labels, gains and weights are treated as constants, and the ranks
+(positions) are piecewise constant in the scores, as in LambdaRank and rax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+TILE_ELEMENTS = 1 << 14   # items per chunk of lists on the cyclic path (stays in a core's L2 cache)
+ROW_TILE_ELEMENTS = 1 << 18   # pairs per chunk on the top-n row path
+
+
+def dcg_discount(rank: jax.Array) -> jax.Array:
+  """The DCG position discount 1 / log2(1 + rank) for 1-based ranks."""
+  return 1.0 / jnp.log2(rank + 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairSpec:
+  """Static description of a pairwise loss (hashable; one compilation per spec).
+
+  Attributes:
+    pair_loss: "logistic" (log(1 + exp(-t))) or "hinge" (max(0, margin - t)), t = s_i - s_j.
+    margin: the hinge margin m.
+    lambdarank: coefficient of LambdaRank's |D(r_i) - D(r_j)| in lambda_ij.
+    ndcg2: coefficient of LambdaLoss's |D(|r_i - r_j|) - D(|r_i - r_j| + 1)| in lambda_ij.
+      When both coefficients are 0 the pairs are unweighted (lambda_ij = 1, RankNet).
+      Otherwise lambda_ij = scale * |G_i - G_j| * (lambdarank * rho_ij + ndcg2 * delta_ij * kappa_ij)
+      with rho_ij = |D(r_i) - D(r_j)| and delta_ij = |D(|r_i - r_j|) - D(|r_i - r_j| + 1)|,
+      D(r) = 1 / log2(1 + r).
+    topn: rank cutoff: D(r) = 0 for r > topn in rho, and kappa_ij = 1 / (1 - D(max(r_i, r_j)))
+      when max(r_i, r_j) > topn, else 1 (Jagerman et al. 2022; rax's `dcg2_lambdaweight`). None:
+      no cutoff, kappa = 1.
+    scale: constant factor of lambda_ij (rax multiplies by the padded list size).
+  """
+
+  pair_loss: str = "logistic"
+  margin: float = 1.0
+  lambdarank: float = 0.0
+  ndcg2: float = 0.0
+  topn: int | None = None
+  scale: float = 1.0
+
+  @property
+  def rank_weighted(self) -> bool:
+    return self.lambdarank != 0.0 or self.ndcg2 != 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+  spec: PairSpec
+  per_item: bool
+  list_tile: int | None
+  unroll: int
+  use_topn_rows: bool
+
+
+def _pair_terms(spec, t, w, *, want_loss, want_grad):
+  """Loss w * l(t) and its derivative w * l'(t) for oriented score gaps t."""
+  loss = grad = None
+  if spec.pair_loss == "logistic":
+    e = jnp.exp(-jnp.abs(t))   # shared by softplus(-t) and sigmoid(-t)
+    if want_loss:
+      loss = w * (jnp.maximum(-t, 0.0) + jnp.log1p(e))
+    if want_grad:
+      grad = -w * jnp.where(t < 0, 1.0, e) / (1.0 + e)
+  elif spec.pair_loss == "hinge":
+    if want_loss:
+      loss = w * jnp.maximum(spec.margin - t, 0.0)
+    if want_grad:
+      grad = jnp.where(t < spec.margin, -w, 0.0)
+  else:
+    raise ValueError(f"pair_loss must be 'logistic' or 'hinge', got {spec.pair_loss!r}")
+  return loss, grad
+
+
+def _position_factors(spec, n, dtype):
+  """Per-position D(rank) (0 beyond topn) and the top-n correction kappa(rank), each `[n]`."""
+  rank = jnp.arange(1, n + 1, dtype=dtype)
+  disc = dcg_discount(rank)
+  if spec.topn is None:
+    return disc, jnp.ones_like(disc)
+  cut = jnp.where(rank <= spec.topn, disc, 0.0)
+  kappa = jnp.where(rank > spec.topn, 1.0 / (1.0 - jnp.where(rank > 1, disc, 0.0)), 1.0)
+  return cut, kappa
+
+
+def _cyclic_sweep(spec, s, y, g, c, nv, *, loss_mode, want_grad, unroll):
+  """All pairs of a chunk `[bc, n]` of score-sorted lists, one cyclic offset d per scan step.
+
+  Returns (loss `[bc]` or `[bc, n]` or None, gradient `[bc, n]` or None), in sorted order.
+  """
+  bc, n = s.shape
+  pos = jnp.arange(n)
+  nv = nv[:, None]
+  twice = lambda a: None if a is None else jnp.concatenate([a, a], axis=-1)
+  s2, y2, g2, c2 = twice(s), twice(y), twice(g), twice(c)
+  disc, kappa = _position_factors(spec, n, s.dtype)
+  disc2, kappa2 = twice(disc), twice(kappa)
+
+  def add_at(buf, d, x):   # buf[:, d:d + n] += x: the partner of position p is p + d (mod n)
+    return lax.dynamic_update_slice_in_dim(buf, lax.dynamic_slice_in_dim(buf, d, n, -1) + x, d, -1)
+
+  def body(carry, d):
+    at = lambda a2: lax.dynamic_slice_in_dim(a2, d, n, -1)
+    wrapped = pos >= n - d
+    last = jnp.where(wrapped, pos, pos + d)   # the pair's worse (larger) position
+    keep = (last < nv) & ((2 * d < n) | (pos < d))   # valid, and each pair once when d = n / 2
+    sgn = jnp.where(keep, jnp.sign(y - at(y2)), 0.0)
+    lam = 1.0
+    if spec.rank_weighted:
+      parts = 0.0
+      if spec.lambdarank:
+        parts = spec.lambdarank * jnp.abs(disc - at(disc2))
+      if spec.ndcg2:
+        gap = lambda k: jnp.abs(dcg_discount(k) - dcg_discount(k + 1.0))
+        fwd, back = gap(d.astype(s.dtype)), gap((n - d).astype(s.dtype))
+        parts = parts + spec.ndcg2 * jnp.where(wrapped, back * kappa, fwd * at(kappa2))
+      lam = spec.scale * jnp.abs(g - at(g2)) * parts
+    if c is not None:
+      lam = lam * jnp.where(sgn > 0, c, at(c2))
+    w = jnp.where(sgn != 0, lam, 0.0)
+    loss, dl = _pair_terms(spec, sgn * (s - at(s2)), w, want_loss=loss_mode is not None,
+                           want_grad=want_grad)
+    lacc, lacc2, gacc, gacc2 = carry
+    if loss_mode == "list":
+      lacc = lacc + loss
+    elif loss_mode == "item":   # a pair's loss belongs to its better-labelled item
+      lacc = lacc + jnp.where(sgn > 0, loss, 0.0)
+      lacc2 = add_at(lacc2, d, jnp.where(sgn < 0, loss, 0.0))
+    if want_grad:
+      gp = dl * sgn
+      gacc, gacc2 = gacc + gp, add_at(gacc2, d, -gp)
+    return (lacc, lacc2, gacc, gacc2), None
+
+  z, z2 = jnp.zeros_like(s), jnp.zeros((bc, 2 * n), s.dtype)
+  init = (z if loss_mode else None, z2 if loss_mode == "item" else None,
+          z if want_grad else None, z2 if want_grad else None)
+  (lacc, lacc2, gacc, gacc2), _ = lax.scan(body, init, jnp.arange(1, n // 2 + 1), unroll=unroll)
+  fold = lambda a2: a2[:, :n] + a2[:, n:]
+  loss = lacc.sum(-1) if loss_mode == "list" else lacc + fold(lacc2) if loss_mode == "item" else None
+  return loss, (gacc + fold(gacc2) if want_grad else None)
+
+
+def _topn_rows_sweep(spec, s, y, g, c, nv, *, loss_mode, want_grad):
+  """LambdaRank with topn = k: only pairs (p, q), p < k, q > p have weight; `[bc, k, n]` at once."""
+  bc, n = s.shape
+  k = spec.topn
+  disc, _ = _position_factors(spec, n, s.dtype)
+  row = lambda a: a[:, :k, None]
+  col = lambda a: a[:, None, :]
+  p, q = jnp.arange(k)[:, None], jnp.arange(n)[None, :]
+  keep = (q > p) & (q < nv[:, None, None])
+  sgn = jnp.where(keep, jnp.sign(row(y) - col(y)), 0.0)
+  lam = spec.scale * spec.lambdarank * jnp.abs(row(g) - col(g)) * jnp.abs(disc[:k, None] - disc[None, :])
+  if c is not None:
+    lam = lam * jnp.where(sgn > 0, row(c), col(c))
+  w = jnp.where(sgn != 0, lam, 0.0)
+  loss, dl = _pair_terms(spec, sgn * (row(s) - col(s)), w, want_loss=loss_mode is not None,
+                         want_grad=want_grad)
+  pad = lambda a: jnp.pad(a, ((0, 0), (0, n - k)))
+  if loss_mode == "list":
+    loss = loss.sum((1, 2))
+  elif loss_mode == "item":
+    loss = pad(jnp.where(sgn > 0, loss, 0.0).sum(2)) + jnp.where(sgn < 0, loss, 0.0).sum(1)
+  grad = None
+  if want_grad:
+    gp = dl * sgn
+    grad = pad(gp.sum(2)) - gp.sum(1)
+  return loss, grad
+
+
+def _run(cfg, s, y, g, c, valid, *, want_loss, want_grad):
+  """Sorts `[m, n]` lists by score, sweeps them in chunks, returns (loss, grad) in input order."""
+  m, n = s.shape
+  iota = lax.broadcasted_iota(jnp.int32, s.shape, 1)
+  # rax's tie-breaking: padding last, then descending score, then index
+  _, _, perm = lax.sort((~valid, -s, iota), dimension=1, num_keys=3)
+  take = lambda a: None if a is None else jnp.take_along_axis(a, perm, axis=1)
+  s, y, g, c = take(s), take(y), take(g), take(c)
+  nv = valid.sum(-1, dtype=jnp.int32)
+  loss_mode = None if not want_loss else ("item" if cfg.per_item else "list")
+  if cfg.use_topn_rows:
+    per_list = max(1, ROW_TILE_ELEMENTS // (cfg.spec.topn * n))
+    sweep = functools.partial(_topn_rows_sweep, cfg.spec, loss_mode=loss_mode, want_grad=want_grad)
+  else:
+    per_list = max(1, TILE_ELEMENTS // n)
+    sweep = functools.partial(_cyclic_sweep, cfg.spec, loss_mode=loss_mode, want_grad=want_grad,
+                              unroll=cfg.unroll)
+  bc = min(m, cfg.list_tile or per_list)
+  chunks = -(-m // bc)
+  pad_rows = chunks * bc - m   # padded lists have no valid item, so no pairs
+
+  def split(a):
+    if a is None:
+      return None
+    a = jnp.pad(a, [(0, pad_rows)] + [(0, 0)] * (a.ndim - 1))
+    return a.reshape((chunks, bc) + a.shape[1:])
+
+  args = tuple(map(split, (s, y, g, c, nv)))
+  if chunks == 1:
+    loss, grad = sweep(*(None if a is None else a[0] for a in args))
+    loss, grad = (None if a is None else a[None] for a in (loss, grad))
+  else:
+    loss, grad = lax.map(lambda a: sweep(*a), args)
+  merge = lambda a: None if a is None else a.reshape((chunks * bc,) + a.shape[2:])[:m]
+  loss, grad = merge(loss), merge(grad)
+  unsort = lambda a: lax.sort((perm, a), dimension=1, num_keys=1)[1]
+  if loss is not None and cfg.per_item:
+    loss = unsort(loss)
+  return loss, (None if grad is None else unsort(grad))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _pairwise(cfg, s, y, g, c, valid):
+  return _run(cfg, s, y, g, c, valid, want_loss=True, want_grad=False)[0]
+
+
+def _pairwise_fwd(cfg, s, y, g, c, valid):
+  if cfg.per_item:   # the cotangent differs per item: recompute the sweep with it in the backward
+    return _run(cfg, s, y, g, c, valid, want_loss=True, want_grad=False)[0], (s, y, g, c, valid)
+  loss, grad = _run(cfg, s, y, g, c, valid, want_loss=True, want_grad=True)
+  return loss, (grad,)
+
+
+def _pairwise_bwd(cfg, res, ct):
+  if cfg.per_item:
+    s, y, g, c, valid = res
+    _, grad = _run(cfg, s, y, g, ct if c is None else c * ct, valid, want_loss=False, want_grad=True)
+  else:
+    grad = res[0] * ct[:, None]
+  return grad, None, None, None, None
+
+
+_pairwise.defvjp(_pairwise_fwd, _pairwise_bwd)
+
+
+def tiled_pairwise_loss(scores: jax.Array, labels: jax.Array, *, where: jax.Array | None = None,
+                        weights: jax.Array | None = None, gains: jax.Array | None = None,
+                        spec: PairSpec = PairSpec(), per_item: bool = False,
+                        list_tile: int | None = None, unroll: int = 1,
+                        topn_rows: bool | None = None) -> jax.Array:
+  """Sums `c_i * lambda_ij * l(s_i - s_j)` over valid pairs with y_i > y_j, without `[n, n]` tensors.
+
+  Args:
+    scores: `[..., n]` scores s (the only differentiated input).
+    labels: `[..., n]` labels y; a pair is formed when y_i > y_j (ties and padding form none).
+    where: optional `[..., n]` bool, False for padding.
+    weights: optional per-item weights c, broadcastable to `scores`; a pair carries the weight of
+      its better-labelled item (rax's convention). None: 1.
+    gains: `[..., n]` gains G in lambda_ij (needed when `spec` is rank-weighted), e.g.
+      (2^y - 1) / maxDCG.
+    spec: the pair loss and pair weight (`PairSpec`).
+    per_item: False: one loss per list, `[...]`. True: `[..., n]`, each pair's loss credited to
+      its better-labelled item (the row sums of rax's `[..., n * n]` unreduced pairwise loss).
+    list_tile: lists per chunk (default: about 16k items per chunk, or 256k pairs on the top-n
+      path). Results do not depend on it; peak memory is O(list_tile * n * unroll).
+    unroll: cyclic offsets per scan step.
+    topn_rows: force (True) or forbid (False) the top-n row path; default: used when it applies
+      (LambdaRank weight only, topn < n / 2).
+
+  Returns:
+    `[...]` per-list sums, or `[..., n]` per-item sums if `per_item`.
+  """
+  shape = scores.shape
+  n = shape[-1]
+  dtype = jnp.result_type(scores.dtype, jnp.float32)
+  flat = lambda a: jnp.broadcast_to(a, shape).reshape(-1, n)
+  valid = flat(jnp.ones(shape, bool) if where is None else where.astype(bool))
+  clean = lambda a: jnp.where(valid, flat(a).astype(dtype), 0.0)
+  s, y = clean(scores), clean(labels)
+  if spec.rank_weighted and gains is None:
+    raise ValueError("a rank-weighted PairSpec needs `gains`")
+  g = clean(gains) if spec.rank_weighted else None
+  c = None if weights is None else clean(weights)
+  rows_apply = (spec.topn is not None and spec.ndcg2 == 0.0 and spec.lambdarank != 0.0
+                and 0 < spec.topn < n)
+  if topn_rows is None:
+    topn_rows = rows_apply and 2 * spec.topn < n
+  elif topn_rows and not rows_apply:
+    raise ValueError("topn_rows needs a LambdaRank-only spec with 0 < topn < list size")
+  cfg = _Config(spec, per_item, list_tile, unroll, bool(topn_rows))
+  out = _pairwise(cfg, s, y, g, c, valid)
+  return out.reshape(shape if per_item else shape[:-1])
+
+
+def count_label_pairs(labels: jax.Array, *, where: jax.Array | None = None) -> jax.Array:
+  """Number of ordered pairs (i, j) of valid items with labels_i > labels_j, per list.
+
+  O(n log n): after sorting a list's valid labels ascending, the item at sorted position k
+  outranks exactly the items before the first occurrence of its own label.
+
+  Args:
+    labels: `[..., n]` labels.
+    where: optional `[..., n]` bool, False for padding.
+
+  Returns:
+    `[...]` int32 counts.
+  """
+  valid = jnp.ones(labels.shape, bool) if where is None else jnp.broadcast_to(where, labels.shape)
+  y = jnp.where(valid, labels, 0)
+  _, ys = lax.sort((~valid, y), dimension=y.ndim - 1, num_keys=2)
+  k = lax.broadcasted_iota(jnp.int32, ys.shape, ys.ndim - 1)
+  first = jnp.concatenate([jnp.ones_like(ys[..., :1], bool), ys[..., 1:] != ys[..., :-1]], -1)
+  start = lax.cummax(jnp.where(first, k, 0), axis=ys.ndim - 1)
+  return jnp.where(k < valid.sum(-1, keepdims=True), start, 0).sum(-1, dtype=jnp.int32)
