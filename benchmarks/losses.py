@@ -11,12 +11,13 @@ seeded batch (graded labels 0..4, list lengths uniform in [n/2, n], the rest pad
 
 The rax equivalents are `rax.pairwise_logistic_loss` with the lambda weights `dcg_lambdaweight
 (normalize=True)` (= `lambdarank_loss`) and `dcg_lambdaweight + 10 * dcg2_lambdaweight` (both
-normalised; = `lambdaloss`, scheme "ndcg2++", mu = 10). rax forms `[B, n * n]` tensors, so before
-running a rax case the child reads XLA's compiled temporary size and does not run when that exceeds
-the memory it may use (`--rax-mem-gb`, default: MemAvailable minus 2 GB), which is also set as its
-address-space limit; it also marks itself as the first process the kernel's OOM killer takes, to
-protect whatever else runs on the machine. A case past its timeout is killed and reported as "did
-not finish in X s". The loss values of the two implementations are compared when both finish.
+normalised; = `lambdaloss`, scheme "ndcg2++", mu = 10). rax forms `[B, n * n]` tensors, so to
+protect whatever else runs on the machine a rax case reads XLA's compiled temporary size first and
+is not run when that exceeds the memory it may use (`--rax-mem-gb`, which then is also its hard
+address-space limit; default: MemAvailable minus 2 GB, no hard limit), and it marks itself as the
+first process the kernel's OOM killer takes. A case past its timeout is killed and reported as "did
+not finish in X s", with how far it got (its compile, warm-up and timed calls report as they end).
+The loss values of the two implementations are compared when both finish.
 """
 
 from __future__ import annotations
@@ -76,8 +77,8 @@ def run_case(impl: str, loss: str, n: int, batch: int, min_time: float, mem_cap:
   if impl == "rax":
     with open("/proc/self/oom_score_adj", "w") as f:   # if memory runs out, take this process first
       f.write("1000")
-    cap = int((mem_cap * GB) if mem_cap else mem_available() - 2 * GB)
-    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    if mem_cap:
+      resource.setrlimit(resource.RLIMIT_AS, (int(mem_cap * GB), int(mem_cap * GB)))
   import jax
   import jax.numpy as jnp
   out = {"impl": impl, "loss": loss, "n": n, "batch": batch}
@@ -89,18 +90,32 @@ def run_case(impl: str, loss: str, n: int, batch: int, min_time: float, mem_cap:
   out["compile_s"] = time.perf_counter() - start
   out["temp_gb"] = compiled.memory_analysis().temp_size_in_bytes / GB
   out["base_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB
-  if impl == "rax" and out["temp_gb"] * GB > cap - 1.5 * GB:
-    out["status"] = f"not run: needs {out['temp_gb']:.1f} GB of temporaries, may use {cap / GB:.1f} GB"
-    return out
+  out["status"] = "compiled"
+  report(out)
+  if impl == "rax":
+    may_use = mem_cap * GB if mem_cap else mem_available() - 2 * GB
+    if out["temp_gb"] * GB > may_use - 1.5 * GB:
+      out["status"] = f"not run: needs {out['temp_gb']:.1f} GB of temporaries, may use {may_use / GB:.1f} GB"
+      return out
+  start = time.perf_counter()
   value, _ = jax.block_until_ready(compiled(scores, labels, where))   # warm-up
+  out.update(status="warmed up", warmup_s=time.perf_counter() - start, loss_value=float(value))
+  report(out)
   times = []
   while sum(times) < min_time or len(times) < 3:
     start = time.perf_counter()
     jax.block_until_ready(compiled(scores, labels, where))
     times.append(time.perf_counter() - start)
-  out.update(status="ok", step_s=statistics.median(times), iters=len(times), loss_value=float(value),
+    out.update(status=f"{len(times)} timed calls", times_s=times)
+    report(out)
+  out.update(status="ok", step_s=statistics.median(times), iters=len(times),
              peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB)
   return out
+
+
+def report(out: dict) -> None:
+  """One JSON line per finished stage of a case; the parent reads the last one."""
+  print(json.dumps(out), flush=True)
 
 
 def spawn(impl, loss, n, args) -> dict:
@@ -109,16 +124,22 @@ def spawn(impl, loss, n, args) -> dict:
   cmd = [sys.executable, os.path.abspath(__file__), "--case", f"{impl}:{loss}:{n}", "--batch", str(args.batch),
          "--min-time", str(args.min_time)] + (["--rax-mem-gb", str(args.rax_mem_gb)] if args.rax_mem_gb else [])
   start = time.perf_counter()
+  last = lambda text: next((json.loads(l) for l in reversed((text or "").splitlines()) if l.startswith("{")),
+                           {"impl": impl, "loss": loss, "n": n, "status": "started"})
   try:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-  except subprocess.TimeoutExpired:
-    return {"impl": impl, "loss": loss, "n": n, "status": f"did not finish in {timeout:.0f} s"}
-  lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
-  if proc.returncode != 0 or not lines:
-    tail = (proc.stderr.strip().splitlines() or ["?"])[-1][:120]
-    return {"impl": impl, "loss": loss, "n": n,
-            "status": f"failed after {time.perf_counter() - start:.0f} s (exit {proc.returncode}): {tail}"}
-  return json.loads(lines[-1])
+  except subprocess.TimeoutExpired as e:
+    out = last(e.stdout.decode() if isinstance(e.stdout, bytes) else e.stdout)
+    warm = f", warm-up call {out['warmup_s']:.0f} s" if "warmup_s" in out else ""
+    out["status"] = f"did not finish in {timeout:.0f} s (had {out['status']}{warm})"
+    return out
+  out = last(proc.stdout)
+  if proc.returncode != 0:
+    err = proc.stderr.strip().splitlines() or ["?"]
+    out["stderr_tail"] = err[-5:]
+    out["status"] = (f"failed after {time.perf_counter() - start:.0f} s (exit {proc.returncode}, had "
+                     f"{out['status']}): {err[-1][:100]}")
+  return out
 
 
 def fmt_time(r):
@@ -127,6 +148,10 @@ def fmt_time(r):
 
 def fmt_mem(r):
   return f"{r['peak_rss_gb']:.2f} GB" if r.get("status") == "ok" else "-"
+
+
+def fmt_temp(r, digits):
+  return f"{r['temp_gb']:.{digits}f} GB" if "temp_gb" in r else "-"
 
 
 def main() -> None:
@@ -138,7 +163,8 @@ def main() -> None:
   parser.add_argument("--timeout", type=float, default=300.0, help="seconds per cascadejax case")
   parser.add_argument("--rax-timeout", type=float, default=300.0, help="seconds per rax case")
   parser.add_argument("--rax-mem-gb", type=float, default=None,
-                      help="memory a rax case may use (default: MemAvailable - 2 GB)")
+                      help="memory a rax case may use, also enforced as its address-space limit "
+                           "(default: MemAvailable - 2 GB, checked before running, not enforced)")
   parser.add_argument("--min-time", type=float, default=5.0, help="seconds of timed calls per case")
   parser.add_argument("--json", default=None, help="also write every case's figures to this file")
   parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
@@ -161,7 +187,7 @@ def main() -> None:
       agree = (f"{abs(ours['loss_value'] - theirs['loss_value']) / abs(theirs['loss_value']):.1e}"
                if both else "-")
       rows.append((loss, n, fmt_time(ours), fmt_time(theirs), speedup, fmt_mem(ours), fmt_mem(theirs),
-                   f"{ours.get('temp_gb', float('nan')):.3f} GB", f"{theirs.get('temp_gb', float('nan')):.2f} GB",
+                   fmt_temp(ours, 3), fmt_temp(theirs, 2),
                    agree))
       print(f"  {loss} n={n}: ours {fmt_time(ours)}, rax {fmt_time(theirs)}", flush=True)
   header = ("loss", "n", "cascadejax", "rax", "speedup", "cascadejax peak RSS", "rax peak RSS",
