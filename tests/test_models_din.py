@@ -26,6 +26,9 @@ def test_fast_form_equals_naive_concatenation(normalization):
   model, params, emb = setup(normalization=normalization)
   naive = get_model("din", {**KW, "normalization": normalization, "fast": False})
   np.testing.assert_allclose(model.apply(params, emb), naive.apply(params, emb), rtol=1e-5, atol=1e-6)
+
+
+def test_attention_unit_forms_agree_in_value_and_gradient():
   # The attention logits themselves, on random inputs with N != L, and their gradients.
   rng = np.random.default_rng(0)
   seq, target = rng.normal(size=(3, 7, 4)).astype(np.float32), rng.normal(size=(3, 5, 4)).astype(np.float32)

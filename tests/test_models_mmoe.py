@@ -12,6 +12,7 @@ from cascadejax.data.schema import CascadeBatch
 from cascadejax.embedding import EmbeddingConfig
 from cascadejax.losses.ranking import sigmoid_bce_loss
 from cascadejax.models import get_model
+from cascadejax.models.mmoe import Experts
 from tests.test_models import D, FEATURES, batch, dense_count, embed, embed_params, n_params
 
 KW = dict(tasks=("click", "like"), num_experts=3, expert=(5,), tower=(2,))
@@ -33,6 +34,19 @@ def test_task_logits_and_combinations():
   np.testing.assert_allclose(prob.apply(params, emb), np.log(m / (1 - m)), rtol=1e-4, atol=1e-5)
   equal = get_model("mmoe", KW)  # default weights: 1 / T each
   np.testing.assert_allclose(equal.apply(params, emb), logits.mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_experts_are_independent_mlps():
+  x = np.random.default_rng(0).normal(size=(2, 3, 6)).astype(np.float32)
+  experts = Experts(3, (5, 4))
+  p = experts.init(jax.random.key(0), x)["params"]
+  p = jax.tree.map(lambda a: a + 0.1, p)  # non-zero biases
+  out = np.asarray(experts.apply({"params": p}, x))
+  assert out.shape == (2, 3, 3, 4)
+  for e in range(3):
+    h = np.maximum(x @ np.asarray(p["kernel_0"][e]) + np.asarray(p["bias_0"][e]), 0)
+    h = np.maximum(h @ np.asarray(p["kernel_1"][e]) + np.asarray(p["bias_1"][e]), 0)
+    np.testing.assert_allclose(out[..., e, :], h, rtol=1e-5, atol=1e-5)
 
 
 def test_parameter_count():

@@ -47,12 +47,16 @@ class Experts(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     """`[..., d] -> [..., E, hidden[-1]]`."""
-    x = jnp.broadcast_to(x[..., None, :], x.shape[:-1] + (self.num_experts, x.shape[-1]))
+    e = self.num_experts
     for i, width in enumerate(self.hidden):
-      kernel = self.param(f"kernel_{i}", nn.initializers.lecun_normal(batch_axis=(0,)),
-                          (self.num_experts, x.shape[-1], width))
-      bias = self.param(f"bias_{i}", nn.initializers.zeros, (self.num_experts, width))
-      x = nn.relu(jnp.einsum("...ed,edw->...ew", x, kernel) + bias)
+      fan_in = x.shape[-1]
+      kernel = self.param(f"kernel_{i}", nn.initializers.lecun_normal(batch_axis=(0,)), (e, fan_in, width))
+      bias = self.param(f"bias_{i}", nn.initializers.zeros, (e, width))
+      if i == 0:  # one input for all experts: a single [d, E w] matmul (no broadcast copy of x)
+        y = (x @ kernel.transpose(1, 0, 2).reshape(fan_in, e * width)).reshape(x.shape[:-1] + (e, width))
+      else:
+        y = jnp.einsum("...ed,edw->...ew", x, kernel)
+      x = nn.relu(y + bias)
       if self.dropout:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return x
@@ -84,6 +88,8 @@ class MMoE(nn.Module):
       raise ValueError(f"mmoe model_kwargs.tasks must be distinct names, at least one, got {self.tasks!r}")
     if self.weights and len(self.weights) != len(self.tasks):
       raise ValueError(f"mmoe model_kwargs.weights needs one weight per task {self.tasks}, got {self.weights}")
+    if not self.expert:
+      raise ValueError("mmoe model_kwargs.expert needs at least one layer width")
     if self.combine not in COMBINES:
       raise ValueError(f"mmoe model_kwargs.combine must be one of {COMBINES}, got {self.combine!r}")
     if self.combine == "prob" and (min(self.task_weights) < 0 or sum(self.task_weights) <= 0):
