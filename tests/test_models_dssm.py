@@ -58,6 +58,9 @@ def test_parameter_count(pooling):
   want = dense_count(((fc + s) * D, 5, 3)) + dense_count((fi * D, 5, 3))
   if pooling == "attention":
     want += s * (D * 6 + 6 + 6)
+  else:  # the same towers as two_tower's, whose count docs/models.md gives by the same formula
+    tt = get_model("two_tower", {"hidden": (5,), "out_dim": 3})
+    assert n_params(jax.eval_shape(tt.init, jax.random.key(0), embed(embed_params(), *batch()))) == want
   assert n_params(params) == want
 
 
