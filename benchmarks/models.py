@@ -91,13 +91,18 @@ def measure(name: str, kwargs: dict, specs, dim: int, user, items, labels, iters
   return (time.perf_counter() - start) / iters, count
 
 
-def main() -> None:
-  """Prints a Markdown table: model, hyperparameters, parameters, ms per step, requests/s."""
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_shape_args(parser: argparse.ArgumentParser) -> None:
+  """`--batch`, `--candidates`, `--history`, `--dim`, defaulting to LCRON's RecFlow shapes."""
   parser.add_argument("--batch", type=int, default=1024)
   parser.add_argument("--candidates", type=int, default=40)
   parser.add_argument("--history", type=int, default=50)
   parser.add_argument("--dim", type=int, default=8)
+
+
+def main() -> None:
+  """Prints a Markdown table: model, hyperparameters, parameters, ms per step, requests/s."""
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  add_shape_args(parser)
   parser.add_argument("--iters", type=int, default=10)
   parser.add_argument("--models", default="", help="comma-separated row names (default: all)")
   args = parser.parse_args()

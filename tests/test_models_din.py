@@ -1,4 +1,5 @@
-"""DIN: the split first attention layer equals the naive concatenation, masking, parameter count."""
+"""DIN: the split first attention layer equals the naive concatenation, the per-request context term of
+the output MLP equals its concatenation, masking, parameter count."""
 
 import jax
 import jax.numpy as jnp
@@ -85,3 +86,16 @@ def test_missing_sequence_is_named():
   model = get_model("din", {**KW, "sequence": "clicks"})
   with pytest.raises(ValueError, match="din: needs user sequence 'clicks'"):
     model.init(jax.random.key(0), embed(embed_params(), *batch()))
+
+
+@pytest.mark.parametrize("hidden", [(6, 4), ()])
+def test_shared_input_mlp_equals_mlp_of_the_concatenation(hidden):
+  # DIN's output MLP takes the context once per request (`shared`); same parameters, same values.
+  from cascadejax.models.layers import MLP
+  rng = np.random.default_rng(2)
+  shared, x = rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=(3, 5, 2)).astype(np.float32)
+  concat = np.concatenate([np.broadcast_to(shared[:, None], (3, 5, 4)), x], axis=-1)
+  p = MLP(hidden).init(jax.random.key(3), concat)
+  p = jax.tree.map(lambda a: a + 0.1, p)  # non-zero biases
+  assert jax.tree.structure(MLP(hidden).init(jax.random.key(3), x, shared=shared)) == jax.tree.structure(p)
+  np.testing.assert_allclose(MLP(hidden).apply(p, x, shared=shared), MLP(hidden).apply(p, concat), rtol=1e-5, atol=1e-6)

@@ -24,7 +24,9 @@ the per-request tensor s ⊗ W4 `[B, D, L H]`: B N L D H multiply-adds, without 
 about a quarter of its work (the later attention layers, on `[B, N, L, H]`, are the same in both).
 `fast=False` computes the naive form from the same parameters (tests check the two agree).
 `chunk=c` also evaluates the `[B, N, L, H]` part in blocks of c requests, recomputed in the backward
-pass, so each block's activations stay in cache (same values; see `TargetAttention`).
+pass, so each block's activations stay in cache (same values; see `TargetAttention`). The output
+MLP's first layer applies the context features' rows of its kernel once per request, not once per
+candidate (`layers.MLP(shared=...)`, same parameters as over the concatenation).
 
 Parameters (Fc non-sequence user features, Fi item features, embedding width D, `attention` =
 (H, H2, ...), `hidden` = (h1, ...); `dense(a, ..., o)` = sum of fan_in * fan_out + fan_out):
@@ -55,10 +57,10 @@ class TargetAttention(nn.Module):
     activation: name of the nonlinearity after each attention layer (see `layers.ACTIVATIONS`).
     fast: compute the first layer in the split form (True) or over the explicit concatenation.
     chunk: if > 0 and the batch size is a concrete number, evaluate the `[B, N, L, H]` part in
-      blocks of `chunk` requests (`lax.map`) and recompute it in the backward pass
-      (`jax.checkpoint`), so a block's activations stay in cache instead of round-tripping
-      through memory. Same values; on CPU it is faster (benchmarks/RESULTS.md). Shapes unknown at
-      trace time (symbolic export) use the unblocked form.
+      blocks of `chunk` requests (`lax.map`), each block forming its own s ⊗ W4, and recompute it
+      in the backward pass (`jax.checkpoint`), so a block's activations stay in cache instead of
+      round-tripping through memory. Same values; on CPU it is faster (benchmarks/RESULTS.md).
+      Shapes unknown at trace time (symbolic export) use the unblocked form.
   """
 
   hidden: tuple[int, ...] = (36,)
@@ -83,19 +85,21 @@ class TargetAttention(nn.Module):
     w1, w2, w3, w4 = jnp.split(layers[0][0], 4, axis=0)
     per_seq = seq @ (w1 + w3) + layers[0][1]                        # [B, L, H]
     per_item = target @ (w2 - w3)                                   # [B, N, H]
-    seq_w4 = seq[..., :, None] * w4                                 # [B, L, D, H]
 
-    def pairs(per_seq, per_item, seq_w4, target):
-      pair = jnp.einsum("bnd,bldh->bnlh", target, seq_w4)           # [B, N, L, H]
+    def pairs(per_seq, per_item, seq, target):
+      # s ⊗ W4 is formed here, so with `chunk` neither it nor its gradient is ever a whole-batch
+      # [B, L, D, H] array in memory: writing, broadcasting and zeroing those cost more than the
+      # block's own product did (benchmarks/RESULTS.md, issue 6).
+      pair = jnp.einsum("bnd,bldh->bnlh", target, seq[..., :, None] * w4)   # [B, N, L, H]
       return _attention_mlp(act(pair + per_seq[:, None] + per_item[:, :, None]), layers[1:], logit, act)
 
     b = seq.shape[0]
     if self.chunk <= 0 or not isinstance(b, int) or b <= self.chunk:
-      return pairs(per_seq, per_item, seq_w4, target)
+      return pairs(per_seq, per_item, seq, target)
     blocks = -(-b // self.chunk)
     pad = lambda x: jnp.pad(x, [(0, blocks * self.chunk - b)] + [(0, 0)] * (x.ndim - 1))
     split = lambda x: pad(x).reshape((blocks, self.chunk) + x.shape[1:])
-    out = jax.lax.map(lambda xs: jax.checkpoint(pairs)(*xs), tuple(map(split, (per_seq, per_item, seq_w4, target))))
+    out = jax.lax.map(lambda xs: jax.checkpoint(pairs)(*xs), tuple(map(split, (per_seq, per_item, seq, target))))
     return out.reshape((blocks * self.chunk,) + out.shape[2:])[:b]
 
 
@@ -167,11 +171,9 @@ class DIN(nn.Module):
 
   def __call__(self, emb: Embedded, *, train: bool = False) -> jax.Array:
     """`[B, N]` scores."""
-    items = emb.item_matrix()
-    ctx = context_vector(emb)
-    ctx = jnp.broadcast_to(ctx[:, None], items.shape[:2] + ctx.shape[-1:])
-    x = jnp.concatenate([ctx, self.interest(emb), items], axis=-1)
-    return self.out(self.mlp(x, train=train))[..., 0]
+    x = jnp.concatenate([self.interest(emb), emb.item_matrix()], axis=-1)
+    # The context is the same for every candidate: its part of the first layer runs once per request.
+    return self.out(self.mlp(x, train=train, shared=context_vector(emb)))[..., 0]
 
 
 Model = DIN

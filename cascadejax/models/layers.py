@@ -39,13 +39,45 @@ class MLP(nn.Module):
   dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    """`[..., D_in] -> [..., hidden[-1]]` (identity if `hidden` is empty)."""
-    for width in self.hidden:
-      x = self.activation(nn.Dense(width)(x))
+  def __call__(self, x: jax.Array, *, train: bool = False, shared: jax.Array | None = None) -> jax.Array:
+    """`[..., D_in] -> [..., hidden[-1]]` (identity if `hidden` is empty).
+
+    `shared` (`[B, D_s]`, with `x` `[B, N, D_x]`): features common to all N rows of a list. The
+    result equals the MLP of `[shared broadcast over N; x]` (same parameters: the first kernel is
+    `[D_s + D_x, hidden[0]]`), but the first layer multiplies `shared` once per list, not N times.
+    """
+    if shared is not None and not self.hidden:
+      return jnp.concatenate([jnp.broadcast_to(shared[:, None], x.shape[:2] + shared.shape[-1:]), x], axis=-1)
+    for i, width in enumerate(self.hidden):
+      # Named as the auto-naming of a plain chain of nn.Dense would name them.
+      if i == 0 and shared is not None:
+        x = self.activation(SharedInputDense(width, name="Dense_0")(shared, x))
+      else:
+        x = self.activation(nn.Dense(width, name=f"Dense_{i}")(x))
       if self.dropout:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return x
+
+
+class SharedInputDense(nn.Module):
+  """`nn.Dense` over `[shared broadcast over N; x]`, computed as shared W_s (once per list) + x W_x + b.
+
+  Holds the parameters `nn.Dense` would (`kernel [D_s + D_x, features]`, `bias`, same initialisers),
+  so checkpoints and parameter counts are those of the concatenated form.
+
+  Attributes:
+    features: output width.
+  """
+
+  features: int
+
+  @nn.compact
+  def __call__(self, shared: jax.Array, x: jax.Array) -> jax.Array:
+    """`shared [B, D_s]`, `x [B, N, D_x]` -> `[B, N, features]`."""
+    d_s = shared.shape[-1]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (d_s + x.shape[-1], self.features))
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    return (shared @ kernel[:d_s] + bias)[:, None] + x @ kernel[d_s:]
 
 
 def masked_softmax(logits: jax.Array, mask: jax.Array, axis: int = -1) -> jax.Array:
