@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
-from cascadejax.data import synthetic
+from cascadejax.data import recflow, synthetic
 from cascadejax.data.schema import CascadeBatch, CascadeData, FeatureSpec, validate
 
-READERS = {"synthetic": synthetic.load}
+READERS = {"synthetic": synthetic.load, "recflow": recflow.load}
 
 
 def load(config: ConfigDict, num_stages: int) -> CascadeData:
