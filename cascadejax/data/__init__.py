@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
-from cascadejax.data import recflow, synthetic
+from cascadejax.data import movielens_cascade, recflow, synthetic
 from cascadejax.data.schema import CascadeBatch, CascadeData, FeatureSpec, validate
 
-READERS = {"synthetic": synthetic.load, "recflow": recflow.load}
+READERS = {"synthetic": synthetic.load, "movielens": movielens_cascade.load, "recflow": recflow.load}
 
 
 def load(config: ConfigDict, num_stages: int) -> CascadeData:
