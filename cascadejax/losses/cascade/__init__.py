@@ -5,10 +5,13 @@ from __future__ import annotations
 from ml_collections import ConfigDict
 
 from cascadejax.losses.cascade.base import CascadeMethod
+from cascadejax.losses.cascade.fs_ltr import FSLambdaLoss, FSRankNet
+from cascadejax.losses.cascade.icc import ICC
 from cascadejax.losses.cascade.independent import Independent
 from cascadejax.losses.cascade.lcron import LCRON
 
-METHODS: dict[str, type[CascadeMethod]] = {m.name: m for m in (Independent, LCRON)}
+METHODS: dict[str, type[CascadeMethod]] = {m.name: m for m in (Independent, LCRON, FSRankNet, FSLambdaLoss,
+                                                               ICC)}
 
 
 def get_method(config: ConfigDict) -> CascadeMethod:
@@ -22,4 +25,4 @@ def get_method(config: ConfigDict) -> CascadeMethod:
                        gt_num=int(config.cascade.gt_num))
 
 
-__all__ = ["CascadeMethod", "Independent", "LCRON", "METHODS", "get_method"]
+__all__ = ["CascadeMethod", "FSLambdaLoss", "FSRankNet", "ICC", "Independent", "LCRON", "METHODS", "get_method"]

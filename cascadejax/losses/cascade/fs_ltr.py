@@ -1,0 +1,216 @@
+"""`fs_ranknet`, `fs_lambdaloss`: Full Stage Learning to Rank (FS-LTR), every stage on relabeled logs.
+
+FS-LTR (Zheng et al., *Full Stage Learning to Rank: A Unified Framework for Multi-Stage Systems*,
+WWW 2024, arXiv:2405.04844) argues that a non-final stage should rank by the probability that an
+item survives the stages after it *and* pleases the user, and learns that order from full-stage
+logs by relabeling every logged candidate with the deepest point it reached (the paper's eq. 9):
+
+    level(i) = st(i)        if st(i) < S       (logged, then filtered out by stage st(i) + 1)
+             = S            if st(i) = S and no positive feedback       (exposed)
+             = S + 1        if st(i) = S and feedback(i) > 0             (exposed and, e.g., clicked)
+    y(i)     = z[level(i)],     z_0 <= z_1 <= ... <= z_{S+1}   (default z_l = l, the paper's z_i := i)
+
+For the paper's 4-stage system this is exactly eq. 9 (z_0: items never retrieved, z_4: exposed
+without feedback, z_5: exposed with positive feedback); here `st` is `CascadeBatch.stage`, so level 0
+is "dropped by stage 1". Each stage s is then trained with a learning-to-rank loss on y over the
+candidates it is trained on (`W_s`, valid candidates by default), and the stage losses are summed:
+
+    fs_ranknet:     L_s = mean over pairs y_i > y_j in W_s of  log(1 + exp(-(f_s(i) - f_s(j))))
+    fs_lambdaloss:  L_s = the same pairs weighted by |delta NDCG| (LambdaRank, the paper's FS-LR)
+                          or by LambdaLoss's NDCG-Loss2(++) weights (`scheme`)
+    L = sum_s L_s
+
+Options (`config.method.<name>`):
+  feedback: the `CascadeBatch.feedback` field whose positive values lift exposed items to level
+    S + 1 (default "click"); None ignores feedback. Batches without feedback have no level S + 1.
+  levels: S + 2 non-decreasing, non-negative label values z_0..z_{S+1}, or "identity" (z_l = l).
+  train_on: which candidates stage s is trained on: "all" (every valid candidate: the paper's
+    advice to keep earlier-stage data for train/serve consistency, and what the LCRON baselines do),
+    "reached" (only candidates the logged cascade showed stage s, st >= s - 1), or S ints j_s
+    (candidates with level >= j_s: the paper's Algorithm 1 choice of j per stage).
+  sample_per_level: None (default, off) or S + 2 ints: per request and per stage, keep at most that
+    many randomly chosen candidates of each level (-1 keeps a level whole, 0 drops it), redrawn every
+    step from `loss(..., rng=)`. This is the paper's per-request subsampling ("the higher stage the
+    data belongs to, the more we use it"; its offline runs sample a few negatives per stage per
+    instance, Table 5). It is off by default: the paper subsamples to cut training cost on
+    thousands of logged items per request, and our batches already hold the logged sample (as the
+    paper's logging keeps 40 negatives per stage).
+  fs_lambdaloss only: scheme ("lambdarank": the paper's FS-LambdaRank and the weighting of the LCRON
+    authors' FS-LambdaLoss baseline (TF-Ranking's LambdaLoss at smooth_fraction 1); "ndcg2",
+    "ndcg2++": LambdaLoss, Wang et al. 2018), topn (NDCG cutoff, None for the whole list) and mu
+    (the weight of NDCG-Loss2 in "ndcg2++").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from cascadejax.data.schema import CascadeBatch
+from cascadejax.losses.cascade.base import CascadeMethod
+from cascadejax.losses.pairwise import lambdaloss, lambdarank_loss, ranknet_loss
+
+
+def relabel(stage: jax.Array, num_stages: int, positive: jax.Array | None = None) -> jax.Array:
+  """The FS-LTR level of every candidate (eq. 9): its logged stage, plus 1 if exposed and positive.
+
+  Args:
+    stage: `[..., n]` int, deepest stage reached (0 .. S).
+    num_stages: S.
+    positive: optional `[..., n]` bool, positive feedback (only counts on exposed candidates).
+
+  Returns:
+    `[..., n]` int32 levels in 0 .. S + 1.
+  """
+  level = stage.astype(jnp.int32)
+  if positive is not None:
+    level = level + ((stage == num_stages) & positive).astype(jnp.int32)
+  return level
+
+
+def sample_per_level(rng: jax.Array, level: jax.Array, where: jax.Array, counts) -> jax.Array:
+  """Keeps, in every list, at most `counts[l]` uniformly drawn candidates of each level l.
+
+  One sort per call: candidates are ordered by (invalid last, level, uniform key), so a candidate's
+  rank within its level is its position minus the number of valid candidates of lower levels.
+
+  Args:
+    rng: PRNG key.
+    level: `[B, n]` int levels in `0 .. len(counts) - 1`.
+    where: `[B, n]` bool, the candidates to draw from.
+    counts: one int per level; -1 keeps the whole level.
+
+  Returns:
+    `[B, n]` bool, a subset of `where`.
+  """
+  num_levels = len(counts)
+  key = jax.random.uniform(rng, level.shape)
+  iota = jax.lax.broadcasted_iota(jnp.int32, level.shape, 1)
+  _, _, _, order = jax.lax.sort((~where, level, key, iota), dimension=1, num_keys=3)
+  position = jnp.argsort(order, axis=1)
+  per_level = jnp.sum(jax.nn.one_hot(level, num_levels, dtype=jnp.int32) * where[..., None], axis=1)
+  below = jnp.cumsum(per_level, axis=1) - per_level   # valid candidates of lower levels, [B, L]
+  rank_in_level = position - jnp.take_along_axis(below, level, axis=1)
+  cap = jnp.asarray([c if c >= 0 else level.shape[-1] for c in counts], jnp.int32)[level]
+  return where & (rank_in_level < cap)
+
+
+class _FullStageLTR(CascadeMethod):
+  """Shared relabeling, candidate choice and per-stage loop; subclasses give the ranking loss."""
+
+  shared_defaults = {"feedback": "click", "levels": "identity", "train_on": "all",
+                     "sample_per_level": None}
+
+  def __init__(self, options, **kwargs):
+    super().__init__(options, **kwargs)
+    o, key = self.options, f"config.method.{self.name}"
+    n_levels = self.num_stages + 2
+    if o["feedback"] is not None and not isinstance(o["feedback"], str):
+      raise ValueError(f"{key}.feedback must be a feedback field name or None, got {o['feedback']!r}")
+    if o["levels"] == "identity":
+      self.levels = tuple(float(l) for l in range(n_levels))
+    else:
+      self.levels = self._numbers("levels", o["levels"], n_levels, float)
+      if any(z < 0 for z in self.levels) or any(a > b for a, b in zip(self.levels, self.levels[1:])):
+        raise ValueError(f"{key}.levels must be non-negative and non-decreasing "
+                         f"(z_0 <= ... <= z_{n_levels - 1}), got {o['levels']!r}")
+    if o["train_on"] == "all":
+      self.min_level = (0,) * self.num_stages
+    elif o["train_on"] == "reached":
+      self.min_level = tuple(range(self.num_stages))
+    elif isinstance(o["train_on"], str):
+      raise ValueError(f"{key}.train_on must be 'all', 'reached' or {self.num_stages} ints, "
+                       f"got {o['train_on']!r}")
+    else:
+      self.min_level = self._numbers("train_on", o["train_on"], self.num_stages, int)
+      if any(not 0 <= j <= n_levels - 1 for j in self.min_level):
+        raise ValueError(f"{key}.train_on: each minimum level must be in [0, {n_levels - 1}], "
+                         f"got {o['train_on']!r}")
+    self.sample_counts = None
+    if o["sample_per_level"] is not None:
+      self.sample_counts = self._numbers("sample_per_level", o["sample_per_level"], n_levels, int)
+      if any(c < -1 for c in self.sample_counts):
+        raise ValueError(f"{key}.sample_per_level: counts must be >= 0 (or -1 for all), "
+                         f"got {o['sample_per_level']!r}")
+
+  def _numbers(self, option: str, value: Any, length: int, cast) -> tuple[Any, ...]:
+    """`value` as a tuple of `length` numbers, or a ValueError naming the config key."""
+    key = f"config.method.{self.name}.{option}"
+    if not isinstance(value, (tuple, list)) or len(value) != length:
+      raise ValueError(f"{key}: expected {length} values for a {self.num_stages}-stage cascade "
+                       f"{self.stage_names}, got {value!r}")
+    try:
+      out = tuple(cast(v) for v in value)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"{key}: {value!r} is not numeric") from e
+    if cast is int and any(a != b for a, b in zip(out, value)):
+      raise ValueError(f"{key}: expected integers, got {value!r}")
+    return out
+
+  def levels_of(self, batch: CascadeBatch) -> jax.Array:
+    """`[B, N]` FS-LTR level of every candidate of `batch` (eq. 9)."""
+    field = self.options["feedback"]
+    positive = None
+    if field is not None and batch.feedback is not None:
+      if field not in batch.feedback:
+        raise ValueError(f"config.method.{self.name}.feedback: the batch has no feedback {field!r} "
+                         f"(it has {sorted(batch.feedback)}); set it to one of those or None")
+      positive = batch.feedback[field] > 0
+    return relabel(batch.stage, self.num_stages, positive)
+
+  def rank_loss(self, scores: jax.Array, labels: jax.Array, where: jax.Array) -> jax.Array:
+    """The learning-to-rank loss of one stage (mean over the batch's pairs)."""
+    raise NotImplementedError
+
+  def loss(self, params, stage_scores: jax.Array, batch: CascadeBatch, *, rng: jax.Array):
+    """Sum over stages of the ranking loss on the relabeled candidates; aux holds each stage's term."""
+    del params
+    level = self.levels_of(batch)
+    labels = jnp.asarray(self.levels, jnp.float32)[level]
+    terms = {}
+    for s, name in enumerate(self.stage_names):
+      where = batch.mask & (level >= self.min_level[s])
+      if self.sample_counts is not None:
+        where = sample_per_level(jax.random.fold_in(rng, s), level, where, self.sample_counts)
+      terms[f"loss/{name}"] = self.rank_loss(stage_scores[s], labels, where)
+    return jnp.sum(jnp.stack(list(terms.values()))), terms
+
+
+class FSRankNet(_FullStageLTR):
+  """FS-RankNet: every stage trained with RankNet on the FS-LTR labels."""
+
+  name = "fs_ranknet"
+  defaults = dict(_FullStageLTR.shared_defaults)
+
+  def rank_loss(self, scores, labels, where):
+    """RankNet, mean over the pairs y_i > y_j of the batch."""
+    return ranknet_loss(scores, labels, where=where)
+
+
+class FSLambdaLoss(_FullStageLTR):
+  """FS-LambdaLoss: every stage trained with LambdaRank / LambdaLoss on the FS-LTR labels."""
+
+  name = "fs_lambdaloss"
+  defaults = {**_FullStageLTR.shared_defaults, "scheme": "lambdarank", "topn": None, "mu": 10.0}
+  SCHEMES = ("lambdarank", "ndcg2", "ndcg2++")
+
+  def __init__(self, options, **kwargs):
+    super().__init__(options, **kwargs)
+    o = self.options
+    if o["scheme"] not in self.SCHEMES:
+      raise ValueError(f"config.method.fs_lambdaloss.scheme must be one of {self.SCHEMES}, "
+                       f"got {o['scheme']!r}")
+    topn = o["topn"]
+    if topn is not None and (isinstance(topn, bool) or not isinstance(topn, int) or topn < 1):
+      raise ValueError(f"config.method.fs_lambdaloss.topn must be None or an int >= 1, got {topn!r}")
+    if not isinstance(o["mu"], (int, float)) or not o["mu"] >= 0:
+      raise ValueError(f"config.method.fs_lambdaloss.mu must be a number >= 0, got {o['mu']!r}")
+
+  def rank_loss(self, scores, labels, where):
+    """LambdaRank or LambdaLoss (NDCG gains 2^y - 1), mean over the pairs y_i > y_j of the batch."""
+    o = self.options
+    if o["scheme"] == "lambdarank":
+      return lambdarank_loss(scores, labels, where=where, topn=o["topn"])
+    return lambdaloss(scores, labels, where=where, topn=o["topn"], scheme=o["scheme"], mu=float(o["mu"]))

@@ -1,0 +1,193 @@
+"""`icc`: joint cascade training through soft cutoff indicators (Gallagher et al., WSDM 2019).
+
+Gallagher, Chen, Blanco and Culpepper (*Joint Optimization of Cascade Ranking Models*, WSDM 2019,
+doi:10.1145/3289600.3290986) write the whole cascade's output ranking as one differentiable score.
+Stage j of S keeps its top k_j; its hard survival test 1[f_j(i) >= kappa_j] becomes the indicator
+
+    I_j(i) = sigmoid((f_j(i) - kappa_j) / tau_j)       for j < S,     I_S = 0 (the last stage only ranks)
+    kappa_j = the k_j-th largest score of stage j among the request's valid candidates
+
+and the probability that candidate i leaves the cascade at stage j (passes stages 1..j-1, is cut by
+stage j; the last stage's "cut" is the final ranking) is
+
+    g_j(i) = (1 - I_j(i)) prod_{l<j} I_l(i)             (sum_j g_j(i) = 1)
+
+The cascade's score of i is the score of the stage it leaves at, in expectation:
+
+    F(i) = sum_j w_j g_j(i) e_j(i)
+    e_j  = f_j                  score_type "independent" (the exit stage's own score)
+           sum_{l<=j} f_l       score_type "full"        (later stages add to earlier scores)
+           max_{l<=j} f_l       score_type "weak"
+
+and every stage is trained at once by a pairwise loss of F against the graded `label` order
+(RankNet by default: L = mean over pairs label_i > label_j of log(1 + exp(-(F(i) - F(j))))).
+A stage's gradient thus flows through its own score where it decides an item's exit, and through
+its indicator into the weights of every later stage.
+
+Options (`config.method.icc`):
+  temperature: tau, one float or one per stage (default 0.4, the authors' published
+    "independent-logistic" setting; 0.5 in their "full" one; the LCRON authors' reimplementation
+    uses 1e-3, nearly hard gates).
+  score_type: "independent" (default), "full" or "weak": the paper's three cascade scores.
+  stage_weights: w_j, one float or one per stage (default 1: the paper's F; the LCRON authors'
+    three-stage baseline weights stages 1, 2, 4).
+  cutoff: how kappa_j is taken: "kth" (default: the k_j-th score under stop_gradient, as the
+    authors' gradient treats it: constant within a step), "kth_grad" (the same value with its
+    gradient, as in the LCRON authors' PyTorch baseline) or "midpoint" (halfway between the k_j-th
+    and (k_j + 1)-th scores, stop_gradient, so the k_j-th item's gate is above 1/2 and the next
+    one's below). With "kth"/"kth_grad" a list with at most k_j valid candidates uses its lowest
+    score (as the authors' code does: that item's gate is 1/2); with "midpoint" it passes whole.
+  cutoff_k: k_j of each gate: "stage" (each stage's own selection size, default), "gt_num", or S ints.
+  gate_last: False (default, the paper: I_S = 0) or True (the last stage is gated at k_S too, so
+    its term is w_S prod_{l<=S} I_l f_S, as in the LCRON authors' baseline).
+  pair_loss: "ranknet" (default; the LCRON authors' reimplementation for neural stages),
+    "lambdarank" (the objective of the paper's LambdaMART cascades), "lambdaloss" (NDCG-Loss2++)
+    or "hinge"; `topn` is the NDCG cutoff of the lambda losses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from cascadejax.data.schema import CascadeBatch
+from cascadejax.losses.cascade.base import CascadeMethod
+from cascadejax.losses.pairwise import hinge_loss, lambdaloss, lambdarank_loss, ranknet_loss
+from cascadejax.metrics import ground_truth
+
+SCORE_TYPES = ("independent", "full", "weak")
+CUTOFFS = ("kth", "kth_grad", "midpoint")
+PAIR_LOSSES = ("ranknet", "lambdarank", "lambdaloss", "hinge")
+
+
+def kth_score(scores: jax.Array, k: int, *, where: jax.Array, midpoint: bool = False) -> jax.Array:
+  """`[..., 1]` the k-th largest valid score of each list (its lowest valid one if it has <= k).
+
+  With `midpoint`, the mean of the k-th and (k+1)-th largest when the list has more than k valid
+  scores. Lists without valid scores get 0. Gradients flow to the chosen scores only.
+  """
+  n = scores.shape[-1]
+  depth = min(k + 1, n)
+  top = jax.lax.top_k(jnp.where(where, scores, -jnp.inf), depth)[0]
+  count = where.sum(-1, keepdims=True)
+  pick = lambda r: jnp.take_along_axis(top, jnp.clip(r, 0, depth - 1), axis=-1)
+  kth = pick(jnp.minimum(count, k) - 1)
+  if midpoint:
+    kth = jnp.where(count > k, 0.5 * (kth + pick(jnp.full_like(count, k))), kth)
+  return jnp.where(count > 0, kth, 0.0)
+
+
+class ICC(CascadeMethod):
+  """The cascade's expected exit-stage score, trained end to end with a pairwise loss."""
+
+  name = "icc"
+  defaults = {"temperature": 0.4, "score_type": "independent", "stage_weights": 1.0, "cutoff": "kth",
+              "cutoff_k": "stage", "gate_last": False, "pair_loss": "ranknet", "topn": None}
+
+  def __init__(self, options, **kwargs):
+    super().__init__(options, **kwargs)
+    o = self.options
+    self.temperatures = self._per_stage("temperature", float)
+    if any(not t > 0 for t in self.temperatures):
+      raise ValueError(f"config.method.icc.temperature must be positive, got {o['temperature']!r}")
+    self.stage_weights = self._per_stage("stage_weights", float)
+    for key, allowed in (("score_type", SCORE_TYPES), ("cutoff", CUTOFFS), ("pair_loss", PAIR_LOSSES)):
+      if o[key] not in allowed:
+        raise ValueError(f"config.method.icc.{key} must be one of {allowed}, got {o[key]!r}")
+    if o["cutoff_k"] == "stage":
+      self.cutoff_k = self.ks
+    elif o["cutoff_k"] == "gt_num":
+      self.cutoff_k = (self.gt_num,) * self.num_stages
+    elif isinstance(o["cutoff_k"], str):
+      raise ValueError(f"config.method.icc.cutoff_k must be 'stage', 'gt_num' or {self.num_stages} "
+                       f"ints, got {o['cutoff_k']!r}")
+    else:
+      self.cutoff_k = self._per_stage("cutoff_k", int, scalar=False)
+      if any(k < 1 for k in self.cutoff_k):
+        raise ValueError(f"config.method.icc.cutoff_k: every k must be >= 1, got {o['cutoff_k']!r}")
+    if not isinstance(o["gate_last"], bool):
+      raise ValueError(f"config.method.icc.gate_last must be True or False, got {o['gate_last']!r}")
+    topn = o["topn"]
+    if topn is not None and (isinstance(topn, bool) or not isinstance(topn, int) or topn < 1):
+      raise ValueError(f"config.method.icc.topn must be None or an int >= 1, got {topn!r}")
+
+  def _per_stage(self, key: str, cast, scalar: bool = True) -> tuple[Any, ...]:
+    value = self.options[key]
+    if isinstance(value, (tuple, list)):
+      values = tuple(value)
+    elif scalar:
+      values = (value,) * self.num_stages
+    else:
+      values = ()
+    if len(values) != self.num_stages:
+      raise ValueError(f"config.method.icc.{key}: expected {'one value or ' if scalar else ''}"
+                       f"{self.num_stages} (one per stage {self.stage_names}), got {value!r}")
+    try:
+      out = tuple(cast(v) for v in values)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"config.method.icc.{key}: {value!r} is not numeric") from e
+    if cast is int and any(a != b for a, b in zip(out, values)):
+      raise ValueError(f"config.method.icc.{key}: expected integers, got {value!r}")
+    return out
+
+  def gates(self, stage_scores: jax.Array, where: jax.Array) -> jax.Array:
+    """`[S, B, N]` the indicators I_j (the last one 0 unless `gate_last`)."""
+    cutoff = self.options["cutoff"]
+    out = []
+    for j in range(self.num_stages):
+      if j == self.num_stages - 1 and not self.options["gate_last"]:
+        out.append(jnp.zeros_like(stage_scores[j]))
+        continue
+      k = self.cutoff_k[j]
+      kappa = kth_score(stage_scores[j], k, where=where, midpoint=cutoff == "midpoint")
+      if cutoff != "kth_grad":
+        kappa = jax.lax.stop_gradient(kappa)
+      gate = jax.nn.sigmoid((stage_scores[j] - kappa) / self.temperatures[j])
+      if cutoff == "midpoint":   # a list with at most k candidates passes whole
+        gate = jnp.where(where.sum(-1, keepdims=True) > k, gate, 1.0)
+      out.append(gate)
+    return jnp.stack(out)
+
+  def ensemble(self, stage_scores: jax.Array, where: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The cascade score F `[B, N]` and the gates `[S, B, N]`."""
+    gates = self.gates(stage_scores, where)
+    score_type = self.options["score_type"]
+    if score_type == "full":
+      exit_scores = jnp.cumsum(stage_scores, axis=0)
+    elif score_type == "weak":
+      exit_scores = jax.lax.cummax(stage_scores, axis=0)
+    else:
+      exit_scores = stage_scores
+    passed = jnp.cumprod(gates, axis=0)   # prod_{l<=j} I_l
+    before = jnp.concatenate([jnp.ones_like(passed[:1]), passed[:-1]])   # prod_{l<j} I_l
+    exits = before * (1.0 - gates)
+    if self.options["gate_last"]:   # the last stage ranks only what passes its own gate too
+      exits = exits.at[-1].set(passed[-1])
+    w = jnp.asarray(self.stage_weights, stage_scores.dtype)[:, None, None]
+    return jnp.sum(w * exits * exit_scores, axis=0), gates
+
+  def loss(self, params, stage_scores: jax.Array, batch: CascadeBatch, *, rng: jax.Array):
+    """Pairwise loss of the cascade score against `label`; aux holds gate and soft-recall diagnostics."""
+    del params, rng
+    where = batch.mask
+    score, gates = self.ensemble(stage_scores, where)
+    kind, topn = self.options["pair_loss"], self.options["topn"]
+    if kind == "ranknet":
+      total = ranknet_loss(score, batch.label, where=where)
+    elif kind == "lambdarank":
+      total = lambdarank_loss(score, batch.label, where=where, topn=topn)
+    elif kind == "lambdaloss":
+      total = lambdaloss(score, batch.label, where=where, topn=topn)
+    else:
+      total = hinge_loss(score, batch.label, where=where)
+    aux = {"loss/ensemble": total}
+    # How much of the ground truth the soft gates let through, stage by stage (cf. hard recall).
+    truth = ground_truth(batch.label, self.gt_num, where=where)
+    passed = jax.lax.stop_gradient(jnp.cumprod(gates, axis=0))
+    gated = self.num_stages if self.options["gate_last"] else self.num_stages - 1
+    for j in range(gated):
+      aux[f"soft_recall/{self.stage_names[j]}"] = (
+          jnp.sum(jnp.where(truth, passed[j], 0.0)) / jnp.maximum(truth.sum(), 1))
+    return total, aux
