@@ -1,7 +1,8 @@
 """The embedding component: every stage model reads its features through it.
 
-Stage models never see ids. The cascade looks the batch's id features up here and hands models an
-`Embedded` (vectors plus masks for sequences); swapping in another table implementation (the sharded
+Stage models learn from vectors, not ids. The cascade looks the batch's id features up here and hands
+models an `Embedded` (vectors plus masks for sequences, and the raw candidate ids for the rare model
+that routes by id, such as fixed item pools); swapping in another table implementation (the sharded
 table of a later issue) changes this module only.
 """
 
@@ -26,11 +27,15 @@ class Embedded:
     user: feature -> `[B, D]`, or `[B, L, D]` for sequence features.
     items: feature -> `[B, N, D]`.
     sequence_mask: sequence feature -> `[B, L]` bool, False where the id is the padding id 0.
+    item_ids: candidate feature -> `[B, N]` int32, the raw ids the `items` vectors were looked up
+      with, for the few models whose behaviour depends on an id itself rather than on its learned
+      vector (e.g. `moe_nominators`' fixed item pools, which also read padding slots as id 0).
   """
 
   user: dict[str, jax.Array]
   items: dict[str, jax.Array]
   sequence_mask: dict[str, jax.Array]
+  item_ids: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
 
   def user_vector(self) -> jax.Array:
     """`[B, sum D]`: user features concatenated, sequences mean-pooled over their valid steps."""
@@ -74,7 +79,8 @@ class EmbeddingCollection(nn.Module):
       out[f.side][f.name] = jnp.take(tables[f.table], ids, axis=0)
       if f.sequence:
         seq_mask[f.name] = ids > 0
-    return Embedded(user=out["user"], items=out["items"], sequence_mask=seq_mask)
+    item_ids = {f.name: jnp.asarray(items[f.name]) for f in self.features if f.side == "items"}
+    return Embedded(user=out["user"], items=out["items"], sequence_mask=seq_mask, item_ids=item_ids)
 
 
 @dataclasses.dataclass(frozen=True)

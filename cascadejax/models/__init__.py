@@ -10,7 +10,7 @@ import dataclasses
 
 import flax.linen as nn
 
-from cascadejax.models import dcn, deepfm, din, dssm, mlp, mmoe, sasrec, two_tower, wide_deep
+from cascadejax.models import dcn, deepfm, din, dssm, mlp, mmoe, moe_nominators, sasrec, two_tower, wide_deep
 
 MODELS: dict[str, type[nn.Module]] = {
     "two_tower": two_tower.Model,
@@ -22,6 +22,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "deepfm": deepfm.Model,
     "wide_deep": wide_deep.Model,
     "mmoe": mmoe.Model,
+    "moe_nominators": moe_nominators.Model,
     "sasrec": sasrec.Model,
 }
 
