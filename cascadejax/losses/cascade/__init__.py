@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
+from cascadejax.losses.cascade.arf import ARF, ARFv2
 from cascadejax.losses.cascade.base import CascadeMethod
 from cascadejax.losses.cascade.fs_ltr import FSLambdaLoss, FSRankNet
 from cascadejax.losses.cascade.icc import ICC
 from cascadejax.losses.cascade.independent import Independent
 from cascadejax.losses.cascade.lcron import LCRON
+from cascadejax.losses.cascade.rankflow import RankFlow
 
-METHODS: dict[str, type[CascadeMethod]] = {m.name: m for m in (Independent, LCRON, FSRankNet, FSLambdaLoss,
-                                                               ICC)}
+METHODS: dict[str, type[CascadeMethod]] = {m.name: m for m in (Independent, LCRON, RankFlow, ARF, ARFv2,
+                                                               FSRankNet, FSLambdaLoss, ICC)}
 
 
 def get_method(config: ConfigDict) -> CascadeMethod:
@@ -25,4 +27,5 @@ def get_method(config: ConfigDict) -> CascadeMethod:
                        gt_num=int(config.cascade.gt_num))
 
 
-__all__ = ["CascadeMethod", "FSLambdaLoss", "FSRankNet", "ICC", "Independent", "LCRON", "METHODS", "get_method"]
+__all__ = ["ARF", "ARFv2", "CascadeMethod", "FSLambdaLoss", "FSRankNet", "ICC", "Independent", "LCRON", "METHODS",
+           "RankFlow", "get_method"]

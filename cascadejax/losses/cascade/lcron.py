@@ -32,23 +32,11 @@ import jax.numpy as jnp
 
 from cascadejax.data.schema import CascadeBatch
 from cascadejax.losses.cascade.base import CascadeMethod
+from cascadejax.losses.cascade.common import binary_cross_entropy, per_stage_option, stage_ks_option
+from cascadejax.losses.cascade.common import list_mean as _list_mean
 from cascadejax.metrics import ground_truth
 from cascadejax.ops.soft_topk import METHODS as TOPK_METHODS
 from cascadejax.ops.soft_topk import soft_topk
-
-
-def _list_mean(values: jax.Array, where: jax.Array) -> jax.Array:
-  """Mean over each list's valid items, then over the lists that have any (0 if none do)."""
-  per_list = jnp.where(where, values, 0.0).sum(-1) / jnp.maximum(where.sum(-1), 1)
-  has_items = where.any(-1)
-  return jnp.where(has_items, per_list, 0.0).sum() / jnp.maximum(has_items.sum(), 1)
-
-
-def binary_cross_entropy(p: jax.Array, y: jax.Array, *, where: jax.Array, eps: float) -> jax.Array:
-  """`-y log(p + eps) - (1 - y) log(1 - p + eps)`, averaged by `_list_mean`."""
-  y = y.astype(p.dtype)
-  loss = -y * jnp.log(p + eps) - (1.0 - y) * jnp.log(1.0 - p + eps)
-  return _list_mean(loss, where)
 
 
 class LCRON(CascadeMethod):
@@ -63,42 +51,17 @@ class LCRON(CascadeMethod):
     o = self.options
     if o["topk_method"] not in TOPK_METHODS:
       raise ValueError(f"config.method.lcron.topk_method: {o['topk_method']!r} is not one of {TOPK_METHODS}")
-    self.temperatures = self._per_stage("temperature", float)
+    self.temperatures = per_stage_option(self, "temperature", float)
     if any(not t > 0 for t in self.temperatures):
       raise ValueError(f"config.method.lcron.temperature must be positive, got {o['temperature']!r}")
-    self.relax_k = self._ks("relax_k")
-    self.joint_k = self._ks("joint_k")
+    self.relax_k = stage_ks_option(self, "relax_k")
+    self.joint_k = stage_ks_option(self, "joint_k")
     if o["weighting"] not in ("uncertainty", "fixed"):
       raise ValueError("config.method.lcron.weighting must be 'uncertainty' or 'fixed', "
                        f"got {o['weighting']!r}")
-    self.relax_weights = self._per_stage("relax_weights", float)
+    self.relax_weights = per_stage_option(self, "relax_weights", float)
     if not 0 <= float(o["eps"]) < 0.1:
       raise ValueError(f"config.method.lcron.eps must be in [0, 0.1), got {o['eps']!r}")
-
-  def _per_stage(self, key: str, cast) -> tuple[Any, ...]:
-    value = self.options[key]
-    values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * self.num_stages
-    if len(values) != self.num_stages:
-      raise ValueError(f"config.method.lcron.{key}: expected one value or {self.num_stages} "
-                       f"(one per stage {self.stage_names}), got {value!r}")
-    try:
-      return tuple(cast(v) for v in values)
-    except (TypeError, ValueError) as e:
-      raise ValueError(f"config.method.lcron.{key}: {value!r} is not numeric") from e
-
-  def _ks(self, key: str) -> tuple[int, ...]:
-    value = self.options[key]
-    if value == "gt_num":
-      return (self.gt_num,) * self.num_stages
-    if value == "stage":
-      return self.ks
-    if isinstance(value, str):
-      raise ValueError(f"config.method.lcron.{key} must be 'gt_num', 'stage' or {self.num_stages} "
-                       f"ints, got {value!r}")
-    ks = self._per_stage(key, int)
-    if any(k < 1 for k in ks):
-      raise ValueError(f"config.method.lcron.{key}: every k must be >= 1, got {value!r}")
-    return ks
 
   def init(self, rng: jax.Array) -> Any:
     """`{"w": [S] ones}` with uncertainty weighting; nothing to learn with fixed weights."""

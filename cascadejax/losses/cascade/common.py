@@ -1,0 +1,98 @@
+"""Pieces shared by the cascade training methods: request-level means, BCE on soft memberships,
+and the parsing of per-stage options.
+
+Means here run over each request's valid candidates, then over the requests that have any, so
+padding and empty requests never count and never produce NaN. Option errors name the config key
+`config.method.<method name>.<option>`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+
+def list_mean(values: jax.Array, where: jax.Array) -> jax.Array:
+  """Mean over each list's valid items, then over the lists that have any (0 if none do).
+
+  Args:
+    values: `[..., n]` per-item values.
+    where: `[..., n]` bool, the items that count.
+
+  Returns:
+    A scalar.
+  """
+  per_list = jnp.where(where, values, 0.0).sum(-1) / jnp.maximum(where.sum(-1), 1)
+  has_items = where.any(-1)
+  return jnp.where(has_items, per_list, 0.0).sum() / jnp.maximum(has_items.sum(), 1)
+
+
+def binary_cross_entropy(p: jax.Array, y: jax.Array, *, where: jax.Array, eps: float) -> jax.Array:
+  """`-y log(p + eps) - (1 - y) log(1 - p + eps)` on probabilities, averaged by `list_mean`.
+
+  Args:
+    p: `[..., n]` probabilities (e.g. soft top-k memberships).
+    y: `[..., n]` targets in [0, 1] (bool or float).
+    where: `[..., n]` bool, the items that count.
+    eps: added inside both logs.
+
+  Returns:
+    A scalar.
+  """
+  y = y.astype(p.dtype)
+  loss = -y * jnp.log(p + eps) - (1.0 - y) * jnp.log(1.0 - p + eps)
+  return list_mean(loss, where)
+
+
+def per_stage_option(method: Any, key: str, cast: Callable[[Any], Any]) -> tuple[Any, ...]:
+  """`method.options[key]` as one value per stage: a scalar is repeated, a sequence must have S.
+
+  Args:
+    method: a `CascadeMethod` (its `name`, `options`, `num_stages` and `stage_names` are read).
+    key: the option name.
+    cast: converts each value (e.g. `float`, `int`).
+
+  Returns:
+    A tuple of S cast values.
+
+  Raises:
+    ValueError: naming `config.method.<name>.<key>`, for a wrong length or a non-numeric value.
+  """
+  value = method.options[key]
+  values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * method.num_stages
+  if len(values) != method.num_stages:
+    raise ValueError(f"config.method.{method.name}.{key}: expected one value or {method.num_stages} "
+                     f"(one per stage {method.stage_names}), got {value!r}")
+  try:
+    return tuple(cast(v) for v in values)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"config.method.{method.name}.{key}: {value!r} is not numeric") from e
+
+
+def stage_ks_option(method: Any, key: str) -> tuple[int, ...]:
+  """A per-stage k option: "gt_num" (every stage), "stage" (each stage's own k_s) or S ints >= 1.
+
+  Args:
+    method: a `CascadeMethod` (its `name`, `options`, `ks`, `gt_num` and stages are read).
+    key: the option name.
+
+  Returns:
+    A tuple of S ints.
+
+  Raises:
+    ValueError: naming `config.method.<name>.<key>`.
+  """
+  value = method.options[key]
+  if value == "gt_num":
+    return (method.gt_num,) * method.num_stages
+  if value == "stage":
+    return tuple(method.ks)
+  if isinstance(value, str):
+    raise ValueError(f"config.method.{method.name}.{key} must be 'gt_num', 'stage' or "
+                     f"{method.num_stages} ints, got {value!r}")
+  ks = per_stage_option(method, key, int)
+  if any(k < 1 for k in ks):
+    raise ValueError(f"config.method.{method.name}.{key}: every k must be >= 1, got {value!r}")
+  return ks
