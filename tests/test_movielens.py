@@ -216,6 +216,18 @@ def test_simulated_logs_follow_the_protocol(tmp_path, num_stages, mode):
                                             "genre", "year"}
 
 
+def test_users_too_short_to_split_are_dropped_and_counted(tmp_path, caplog):
+  rows = _ratings() + [(NUM_USERS + 1, 5, 4, 1), (NUM_USERS + 1, 6, 4, 2)]  # 2 interactions: no past segment
+  d = write_1m(tmp_path, rows)
+  with open(os.path.join(d, "users.dat"), "a") as f:
+    f.write(f"{NUM_USERS + 1}::F::18::1::00000\n")
+  with caplog.at_level("WARNING"):
+    data = movielens_cascade.load(data_cfg(d), 2)
+  assert "dropped 1 users with fewer than 3 interactions (2 interactions)" in caplog.text
+  for b in data.splits.values():
+    assert NUM_USERS + 1 not in set(b.user["user_id"].tolist())
+
+
 def test_deterministic_in_the_seed(tmp_path):
   cfg = data_cfg(write_1m(tmp_path))
   a, b = movielens_cascade.load(cfg, 2), movielens_cascade.load(cfg, 2)
