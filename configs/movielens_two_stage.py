@@ -17,6 +17,11 @@ Run:
   python train.py --config configs/movielens_two_stage.py --workdir /tmp/cascadejax/ml2
   python train.py --config configs/movielens_two_stage.py --workdir /tmp/cascadejax/ml2_user \
       --config.data.label_mode=user
+
+Cost (2-core CPU under load, `python benchmarks/pipeline.py`): 2.9 train steps/s, so 500 steps take
+about 3 min, plus 20-40 s for the first conversion (cached afterwards) and compilation. Result
+(system labels, `independent`): 0.465 test recall_e2e after 300 steps in a probe at this learning
+rate (random selection 0.05; the noiseless teachers as a cascade 0.819, docs/data.md).
 """
 
 from ml_collections import ConfigDict
