@@ -46,13 +46,13 @@ from __future__ import annotations
 
 import datetime
 import os
-import pickle
 
 import numpy as np
 from absl import logging
 from ml_collections import ConfigDict
 
 from cascadejax.data import cache
+from cascadejax.data import recflow_files as files
 from cascadejax.data.schema import CascadeBatch, CascadeData, FeatureSpec
 
 FORMAT_VERSION = 1  # of this reader's output; part of the cache key
@@ -156,90 +156,6 @@ def _paths(cfg: ConfigDict) -> dict[str, list[str]]:
   return out
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
-  """splitmix64's finaliser on uint64 arrays: a fixed, well-spread hash for seeded sampling."""
-  with np.errstate(over="ignore"):
-    x = (x + np.uint64(0x9E3779B97F4A7C15)) & np.uint64(0xFFFFFFFFFFFFFFFF)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def _hash(seed: int, *cols: np.ndarray) -> np.ndarray:
-  h = np.full(cols[0].shape, _mix(np.array([seed], np.uint64))[0])
-  for c in cols:
-    h = _mix(h ^ c.astype(np.uint64))
-  return h
-
-
-def _load_pickle(path: str) -> dict:
-  try:
-    with open(path, "rb") as f:
-      obj = pickle.load(f)  # RecFlow ships pickles: only read files from a source you trust
-  except Exception as e:  # noqa: BLE001 (truncated files raise EOFError, UnpicklingError, ...)
-    raise ValueError(f"{path}: cannot unpickle ({type(e).__name__}: {e}); is the file truncated?") from None
-  if not isinstance(obj, dict):
-    raise ValueError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
-  return obj
-
-
-def read_id_cnt(path: str, fields) -> dict[str, int]:
-  """`others/id_cnt.pkl` checked to hold a positive int for every field in `fields`."""
-  raw = _load_pickle(path)
-  out = {}
-  for f in fields:
-    v = raw.get(f)
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-      raise ValueError(f"{path}: key {f!r} must be a positive id count, got {v!r} (keys: {sorted(raw)})")
-    out[f] = int(v)
-  return out
-
-
-def _feather(path: str, names: list[str]):
-  """`(rows, column)` of a Feather (Arrow IPC) file: `column(name)` reads one column as int64 NumPy,
-  checked to be integer (or bool) and free of nulls and NaN. Columns are read one at a time, so a
-  day file of tens of millions of rows never sits in memory whole."""
-  try:
-    import pyarrow as pa  # noqa: PLC0415 (an optional dependency)
-    from pyarrow import feather  # noqa: PLC0415
-  except ImportError:
-    raise ImportError("reading RecFlow needs pyarrow: pip install 'cascadejax[recflow]'") from None
-  try:
-    with pa.memory_map(path) as source:
-      reader = pa.ipc.open_file(source)
-      have, rows = reader.schema.names, reader.count_rows()
-  except (pa.ArrowException, OSError) as e:
-    raise ValueError(f"{path}: cannot read it as a Feather file ({e}); is the file truncated?") from None
-  missing = [n for n in names if n not in have]
-  if missing:
-    raise ValueError(f"{path}: missing column(s) {missing}; the file has {have}")
-  if rows == 0:
-    raise ValueError(f"{path}: the file has no rows")
-
-  def column(name: str) -> np.ndarray:
-    try:
-      col = feather.read_table(path, columns=[name], memory_map=True).column(0)
-    except (pa.ArrowException, OSError) as e:
-      raise ValueError(f"{path}: cannot read column {name!r} ({e}); is the file truncated?") from None
-    if col.null_count:
-      row = int(np.argmax(col.is_null().to_numpy(zero_copy_only=False)))
-      raise ValueError(f"{path}: column {name!r} row {row} is null")
-    a = col.to_numpy()
-    if a.dtype.kind == "f" and np.isnan(a).any():
-      raise ValueError(f"{path}: column {name!r} row {int(np.argmax(np.isnan(a)))} is NaN")
-    if a.dtype.kind not in "iub":
-      raise ValueError(f"{path}: column {name!r} must hold integers, got {col.type}")
-    return a.astype(np.int64)
-
-  return rows, column
-
-
-def _require(ok: np.ndarray, path: str, col: str, rows: np.ndarray, values: np.ndarray, what: str) -> None:
-  if not ok.all():
-    i = int(np.argmin(ok))
-    raise ValueError(f"{path}: column {col!r} row {int(rows[i])}: {what}, got {values[i]}")
-
-
 def read_day(cfg: ConfigDict, path: str, num_stages: int, id_cnt: dict[str, int]) -> dict:
   """One `all_stage` day file -> per-request arrays (request ids, user/item ids, stage, label, ...).
 
@@ -252,21 +168,21 @@ def read_day(cfg: ConfigDict, path: str, num_stages: int, id_cnt: dict[str, int]
   positions = {POSITION[g] for g in cfg.graded}
   names = list(dict.fromkeys(["request_id", "video_id", *gs, *per_request, *cfg.item_fields, *positions,
                               *cfg.feedback]))
-  total, column = _feather(path, names)
+  total, column = files.feather_columns(path, names)
   every = np.arange(total)
   depth = np.full(total, -1)
   for d, g in enumerate(gs):
     flag = column(g)
-    _require((flag == 0) | (flag == 1), path, g, every, flag, "stage flags must be 0 or 1")
+    files.require((flag == 0) | (flag == 1), path, g, every, flag, "stage flags must be 0 or 1")
     depth = np.where(flag == 1, d, depth)
   rid_all = column("request_id")
-  _require(rid_all >= 0, path, "request_id", every, rid_all, "request ids must be >= 0")
+  files.require(rid_all >= 0, path, "request_id", every, rid_all, "request ids must be >= 0")
   rows = np.flatnonzero(depth >= 0)  # file rows that are candidates
   depth, rid, video = depth[rows], rid_all[rows], column("video_id")[rows]
   stats = {"rows": total, "rows_in_no_group": total - len(rows), "requests": 0,
            "requests_without_candidates": len(np.unique(rid_all)) - len(np.unique(rid))}
   del rid_all
-  _require((video >= 0) & (video <= id_cnt["video_id"]), path, "video_id", rows, video,
+  files.require((video >= 0) & (video <= id_cnt["video_id"]), path, "video_id", rows, video,
            f"ids must lie in [0, {id_cnt['video_id']}] (others/id_cnt.pkl)")
   requests, first, inverse = np.unique(rid, return_index=True, return_inverse=True)
   u64 = lambda x: x.astype(np.uint64)
@@ -280,7 +196,7 @@ def read_day(cfg: ConfigDict, path: str, num_stages: int, id_cnt: dict[str, int]
   stats["requests"] = len(requests)
   if cfg.max_requests_per_day and len(requests) > cfg.max_requests_per_day:
     chosen = np.zeros(len(requests), bool)
-    chosen[np.argsort(_hash(cfg.seed, requests), kind="stable")[:cfg.max_requests_per_day]] = True
+    chosen[np.argsort(files.seeded_hash(cfg.seed, requests), kind="stable")[:cfg.max_requests_per_day]] = True
     keep = chosen[inverse]
     rows, depth, rid, video = rows[keep], depth[keep], rid[keep], video[keep]
     requests, first, inverse = np.unique(rid, return_index=True, return_inverse=True)
@@ -289,7 +205,7 @@ def read_day(cfg: ConfigDict, path: str, num_stages: int, id_cnt: dict[str, int]
   # Up to m per (request, group): the ones with the smallest seeded hash (its top 32 bits sort
   # inside the group, the group's number above them).
   group = u64(inverse) * np.uint64(len(gs)) + u64(depth)
-  order = np.argsort((group << np.uint64(32)) | (_hash(cfg.seed, rid, video) >> np.uint64(32)), kind="stable")
+  order = np.argsort((group << np.uint64(32)) | (files.seeded_hash(cfg.seed, rid, video) >> np.uint64(32)), kind="stable")
   sorted_group = group[order]
   run = np.ones(len(order), bool)
   run[1:] = sorted_group[1:] != sorted_group[:-1]
@@ -298,7 +214,7 @@ def read_day(cfg: ConfigDict, path: str, num_stages: int, id_cnt: dict[str, int]
   stats["candidates_over_per_group"] = len(order) - len(kept)
   del group, order, sorted_group, run, start
   # Slots: the request's kept candidates in a second seeded order.
-  slot_key = (u64(inverse[kept]) << np.uint64(32)) | (_hash(cfg.seed + 1, rid[kept], video[kept]) >> np.uint64(32))
+  slot_key = (u64(inverse[kept]) << np.uint64(32)) | (files.seeded_hash(cfg.seed + 1, rid[kept], video[kept]) >> np.uint64(32))
   kept = kept[np.argsort(slot_key, kind="stable")]
   req = inverse[kept]
   slot = np.arange(len(kept)) - np.searchsorted(req, req)
@@ -321,16 +237,16 @@ def read_day(cfg: ConfigDict, path: str, num_stages: int, id_cnt: dict[str, int]
         raise ValueError(f"{path}: column {name!r} row {rows[i]}: user/request columns must be constant within "
                          f"a request (request {rid[i]}), got {v[i]} after {v[first[inverse[i]]]}")
     if name in id_cnt:
-      _require((v >= 0) & (v <= id_cnt[name]), path, name, rows, v,
+      files.require((v >= 0) & (v <= id_cnt[name]), path, name, rows, v,
                f"ids must lie in [0, {id_cnt[name]}] (others/id_cnt.pkl)")
     for g in (g for g in cfg.graded if POSITION[g] == name):
-      _require((v >= 0) | (depth != gs.index(g)), path, name, rows, v, f"{g} positions must be >= 0")
+      files.require((v >= 0) | (depth != gs.index(g)), path, name, rows, v, f"{g} positions must be >= 0")
     if name in cfg.feedback:
       binary = name in BINARY_FEEDBACK
-      _require(((v == 0) | (v == 1)) if binary else v >= 0, path, name, rows, v,
+      files.require(((v == 0) | (v == 1)) if binary else v >= 0, path, name, rows, v,
                "feedback must be 0 or 1" if binary else "must be >= 0")
     if name == "request_timestamp":
-      _require(v >= 0, path, name, rows, v, "must be >= 0")
+      files.require(v >= 0, path, name, rows, v, "must be >= 0")
     c[name] = v[first] if name in per_request else v[kept]
 
   d = depth[kept]
@@ -351,7 +267,7 @@ def read_day(cfg: ConfigDict, path: str, num_stages: int, id_cnt: dict[str, int]
 
 def read_history(cfg: ConfigDict, path: str, day: dict, id_cnt: dict[str, int]) -> dict[str, np.ndarray]:
   """`[R, history_len]` sequences of every `history_fields` field for the day's requests."""
-  seqs, length, width = _load_pickle(path), cfg.history_len, HISTORY_TIME_COLUMN + 1
+  seqs, length, width = files.load_pickle(path), cfg.history_len, HISTORY_TIME_COLUMN + 1
   block = np.zeros((len(day["request_ids"]), length, width), np.int64)  # steps right-aligned
   steps = np.zeros(len(day["request_ids"]), np.int64)  # each file sequence's length, for messages
   where = lambda i: f"{path}: request_id {day['request_ids'][i]} (first row {day['first_rows'][i]} of {day['path']})"
@@ -395,7 +311,7 @@ def _concat(days: list[dict], has_feedback: bool) -> CascadeBatch:
 def build(cfg: ConfigDict, num_stages: int, paths: dict[str, list[str]]) -> CascadeData:
   """Reads every day file of both splits (no cache)."""
   fields = {f for f in cfg.user_fields if f not in CONTEXT_FIELDS} | set(cfg.item_fields)
-  id_cnt = read_id_cnt(paths["id_cnt"][0], sorted(fields | (set(cfg.history_fields) if cfg.history_len else set())))
+  id_cnt = files.read_id_cnt(paths["id_cnt"][0], sorted(fields | (set(cfg.history_fields) if cfg.history_len else set())))
   splits, request_ids, every = {}, {}, []
   for split in ("train", "test"):
     days = []

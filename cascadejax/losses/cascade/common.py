@@ -46,29 +46,42 @@ def binary_cross_entropy(p: jax.Array, y: jax.Array, *, where: jax.Array, eps: f
   return list_mean(loss, where)
 
 
-def per_stage_option(method: Any, key: str, cast: Callable[[Any], Any]) -> tuple[Any, ...]:
-  """`method.options[key]` as one value per stage: a scalar is repeated, a sequence must have S.
+def per_stage_option(method: Any, key: str, cast: Callable[[Any], Any], *, length: int | None = None,
+                     scalar: bool = True) -> tuple[Any, ...]:
+  """`method.options[key]` as one value per stage (or per level): a scalar is repeated, a sequence
+  must have the right length.
 
   Args:
     method: a `CascadeMethod` (its `name`, `options`, `num_stages` and `stage_names` are read).
     key: the option name.
-    cast: converts each value (e.g. `float`, `int`).
+    cast: converts each value (e.g. `float`, `int`); with `int`, non-integral values are refused.
+    length: how many values (default S, one per stage).
+    scalar: whether one scalar may stand for all of them.
 
   Returns:
-    A tuple of S cast values.
+    A tuple of `length` cast values.
 
   Raises:
-    ValueError: naming `config.method.<name>.<key>`, for a wrong length or a non-numeric value.
+    ValueError: naming `config.method.<name>.<key>`, for a wrong length, a non-numeric value or
+      (with `cast=int`) a non-integral one.
   """
-  value = method.options[key]
-  values = tuple(value) if isinstance(value, (tuple, list)) else (value,) * method.num_stages
-  if len(values) != method.num_stages:
-    raise ValueError(f"config.method.{method.name}.{key}: expected one value or {method.num_stages} "
-                     f"(one per stage {method.stage_names}), got {value!r}")
+  name, value = f"config.method.{method.name}.{key}", method.options[key]
+  n = method.num_stages if length is None else length
+  if isinstance(value, (tuple, list)):
+    values = tuple(value)
+  else:
+    values = (value,) * n if scalar else ()
+  if len(values) != n:
+    what = (f"(one per stage {method.stage_names})" if length is None
+            else f"values for a {method.num_stages}-stage cascade {method.stage_names}")
+    raise ValueError(f"{name}: expected {'one value or ' if scalar else ''}{n} {what}, got {value!r}")
   try:
-    return tuple(cast(v) for v in values)
+    out = tuple(cast(v) for v in values)
   except (TypeError, ValueError) as e:
-    raise ValueError(f"config.method.{method.name}.{key}: {value!r} is not numeric") from e
+    raise ValueError(f"{name}: {value!r} is not numeric") from e
+  if cast is int and any(a != b for a, b in zip(out, values)):
+    raise ValueError(f"{name}: expected integers, got {value!r}")
+  return out
 
 
 def stage_ks_option(method: Any, key: str) -> tuple[int, ...]:

@@ -43,13 +43,12 @@ Options (`config.method.<name>`):
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 
 from cascadejax.data.schema import CascadeBatch
 from cascadejax.losses.cascade.base import CascadeMethod
+from cascadejax.losses.cascade.common import per_stage_option
 from cascadejax.losses.pairwise import lambdaloss, lambdarank_loss, ranknet_loss
 
 
@@ -112,7 +111,7 @@ class _FullStageLTR(CascadeMethod):
     if o["levels"] == "identity":
       self.levels = tuple(float(l) for l in range(n_levels))
     else:
-      self.levels = self._numbers("levels", o["levels"], n_levels, float)
+      self.levels = per_stage_option(self, "levels", float, length=n_levels, scalar=False)
       if any(z < 0 for z in self.levels) or any(a > b for a, b in zip(self.levels, self.levels[1:])):
         raise ValueError(f"{key}.levels must be non-negative and non-decreasing "
                          f"(z_0 <= ... <= z_{n_levels - 1}), got {o['levels']!r}")
@@ -124,30 +123,16 @@ class _FullStageLTR(CascadeMethod):
       raise ValueError(f"{key}.train_on must be 'all', 'reached' or {self.num_stages} ints, "
                        f"got {o['train_on']!r}")
     else:
-      self.min_level = self._numbers("train_on", o["train_on"], self.num_stages, int)
+      self.min_level = per_stage_option(self, "train_on", int, scalar=False)
       if any(not 0 <= j <= n_levels - 1 for j in self.min_level):
         raise ValueError(f"{key}.train_on: each minimum level must be in [0, {n_levels - 1}], "
                          f"got {o['train_on']!r}")
     self.sample_counts = None
     if o["sample_per_level"] is not None:
-      self.sample_counts = self._numbers("sample_per_level", o["sample_per_level"], n_levels, int)
+      self.sample_counts = per_stage_option(self, "sample_per_level", int, length=n_levels, scalar=False)
       if any(c < -1 for c in self.sample_counts):
         raise ValueError(f"{key}.sample_per_level: counts must be >= 0 (or -1 for all), "
                          f"got {o['sample_per_level']!r}")
-
-  def _numbers(self, option: str, value: Any, length: int, cast) -> tuple[Any, ...]:
-    """`value` as a tuple of `length` numbers, or a ValueError naming the config key."""
-    key = f"config.method.{self.name}.{option}"
-    if not isinstance(value, (tuple, list)) or len(value) != length:
-      raise ValueError(f"{key}: expected {length} values for a {self.num_stages}-stage cascade "
-                       f"{self.stage_names}, got {value!r}")
-    try:
-      out = tuple(cast(v) for v in value)
-    except (TypeError, ValueError) as e:
-      raise ValueError(f"{key}: {value!r} is not numeric") from e
-    if cast is int and any(a != b for a, b in zip(out, value)):
-      raise ValueError(f"{key}: expected integers, got {value!r}")
-    return out
 
   def levels_of(self, batch: CascadeBatch) -> jax.Array:
     """`[B, N]` FS-LTR level of every candidate of `batch` (eq. 9)."""

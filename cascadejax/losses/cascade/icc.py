@@ -37,7 +37,7 @@ Options (`config.method.icc`):
     and (k_j + 1)-th scores, stop_gradient, so the k_j-th item's gate is above 1/2 and the next
     one's below). With "kth"/"kth_grad" a list with at most k_j valid candidates uses its lowest
     score (as the authors' code does: that item's gate is 1/2); with "midpoint" it passes whole.
-  cutoff_k: k_j of each gate: "stage" (each stage's own selection size, default), "gt_num", or S ints.
+  cutoff_k: k_j of each gate: "stage" (each stage's own selection size, default), "gt_num", or S ints (one int for every stage).
   gate_last: False (default, the paper: I_S = 0) or True (the last stage is gated at k_S too, so
     its term is w_S prod_{l<=S} I_l f_S, as in the LCRON authors' baseline).
   pair_loss: "ranknet" (default; the LCRON authors' reimplementation for neural stages),
@@ -47,13 +47,12 @@ Options (`config.method.icc`):
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 
 from cascadejax.data.schema import CascadeBatch
 from cascadejax.losses.cascade.base import CascadeMethod
+from cascadejax.losses.cascade.common import per_stage_option, stage_ks_option
 from cascadejax.losses.pairwise import hinge_loss, lambdaloss, lambdarank_loss, ranknet_loss
 from cascadejax.metrics import ground_truth
 
@@ -89,48 +88,19 @@ class ICC(CascadeMethod):
   def __init__(self, options, **kwargs):
     super().__init__(options, **kwargs)
     o = self.options
-    self.temperatures = self._per_stage("temperature", float)
+    self.temperatures = per_stage_option(self, "temperature", float)
     if any(not t > 0 for t in self.temperatures):
       raise ValueError(f"config.method.icc.temperature must be positive, got {o['temperature']!r}")
-    self.stage_weights = self._per_stage("stage_weights", float)
+    self.stage_weights = per_stage_option(self, "stage_weights", float)
     for key, allowed in (("score_type", SCORE_TYPES), ("cutoff", CUTOFFS), ("pair_loss", PAIR_LOSSES)):
       if o[key] not in allowed:
         raise ValueError(f"config.method.icc.{key} must be one of {allowed}, got {o[key]!r}")
-    if o["cutoff_k"] == "stage":
-      self.cutoff_k = self.ks
-    elif o["cutoff_k"] == "gt_num":
-      self.cutoff_k = (self.gt_num,) * self.num_stages
-    elif isinstance(o["cutoff_k"], str):
-      raise ValueError(f"config.method.icc.cutoff_k must be 'stage', 'gt_num' or {self.num_stages} "
-                       f"ints, got {o['cutoff_k']!r}")
-    else:
-      self.cutoff_k = self._per_stage("cutoff_k", int, scalar=False)
-      if any(k < 1 for k in self.cutoff_k):
-        raise ValueError(f"config.method.icc.cutoff_k: every k must be >= 1, got {o['cutoff_k']!r}")
+    self.cutoff_k = stage_ks_option(self, "cutoff_k")
     if not isinstance(o["gate_last"], bool):
       raise ValueError(f"config.method.icc.gate_last must be True or False, got {o['gate_last']!r}")
     topn = o["topn"]
     if topn is not None and (isinstance(topn, bool) or not isinstance(topn, int) or topn < 1):
       raise ValueError(f"config.method.icc.topn must be None or an int >= 1, got {topn!r}")
-
-  def _per_stage(self, key: str, cast, scalar: bool = True) -> tuple[Any, ...]:
-    value = self.options[key]
-    if isinstance(value, (tuple, list)):
-      values = tuple(value)
-    elif scalar:
-      values = (value,) * self.num_stages
-    else:
-      values = ()
-    if len(values) != self.num_stages:
-      raise ValueError(f"config.method.icc.{key}: expected {'one value or ' if scalar else ''}"
-                       f"{self.num_stages} (one per stage {self.stage_names}), got {value!r}")
-    try:
-      out = tuple(cast(v) for v in values)
-    except (TypeError, ValueError) as e:
-      raise ValueError(f"config.method.icc.{key}: {value!r} is not numeric") from e
-    if cast is int and any(a != b for a, b in zip(out, values)):
-      raise ValueError(f"config.method.icc.{key}: expected integers, got {value!r}")
-    return out
 
   def gates(self, stage_scores: jax.Array, where: jax.Array) -> jax.Array:
     """`[S, B, N]` the indicators I_j (the last one 0 unless `gate_last`)."""
