@@ -48,10 +48,12 @@ class Cascade(nn.Module):
     """Creates the embedding collection(s) and one scorer per stage, named after the stage."""
     names = [s.name for s in self.stages]
     if self.embedding.shared:
-      shared = EmbeddingCollection(self.features, self.embedding.dim, name="embedding")
+      shared = EmbeddingCollection(self.features, self.embedding.dim, table_sharding=self.embedding.sharding,
+                                   name="embedding")
       self.embedders = {n: shared for n in names}
     else:
-      self.embedders = {n: EmbeddingCollection(self.features, self.embedding.dim, name=f"embedding_{n}")
+      self.embedders = {n: EmbeddingCollection(self.features, self.embedding.dim,
+                                               table_sharding=self.embedding.sharding, name=f"embedding_{n}")
                         for n in names}
     self.scorers = {s.name: models.get_model(s.model, dict(s.model_kwargs), module_name=f"stage_{s.name}")
                     for s in self.stages}
@@ -125,12 +127,15 @@ def select(stage_scores: jax.Array | Sequence[jax.Array], ks: Sequence[int], *,
   return jnp.stack(out)
 
 
-def from_config(config: ConfigDict, features: tuple[FeatureSpec, ...]) -> Cascade:
-  """Builds the `Cascade` of `config.cascade` and `config.embedding` (validated beforehand)."""
+def from_config(config: ConfigDict, features: tuple[FeatureSpec, ...], mesh=None) -> Cascade:
+  """Builds the `Cascade` of `config.cascade` and `config.embedding` (validated beforehand).
+
+  `mesh` (a `jax.sharding.Mesh`) is needed only to lay out row-sharded tables (`config.embedding.sharded`).
+  """
   stages = tuple(
       StageSpec(name=name, model=config.cascade[name].model, k=int(config.cascade[name].k),
                 model_kwargs=tuple(sorted(plain(config.cascade[name].get("model_kwargs", {})).items())))
       for name in config.cascade.stages)
   return Cascade(stages=stages, features=features,
-                 embedding=EmbeddingConfig(dim=config.embedding.dim, shared=config.embedding.shared))
+                 embedding=EmbeddingConfig.from_config(config.embedding, mesh))
 

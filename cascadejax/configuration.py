@@ -13,6 +13,7 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from cascadejax import models
+from cascadejax.sharded_embedding import PLACEMENTS, ROUTINGS
 
 # Keys every config must define, with the types they must have.
 REQUIRED: dict[str, type | tuple[type, ...]] = {
@@ -111,6 +112,29 @@ def validate(config: ConfigDict) -> None:
                      f"{tuple(config.mesh.shape)} must have the same length")
   if "data" not in config.mesh.axes:
     raise ValueError(f"config.mesh.axes must include a 'data' axis, got {tuple(config.mesh.axes)}")
+  _validate_sharded_embedding(config)
+
+
+def _validate_sharded_embedding(config: ConfigDict) -> None:
+  """Checks the optional row-sharding keys of `config.embedding` (absent = not sharded)."""
+  emb = config.embedding
+  if not isinstance(emb.get("sharded", False), bool):
+    raise ValueError(f"config.embedding.sharded must be a bool, got {emb.sharded!r}")
+  if not emb.get("sharded", False):
+    return
+  axes = emb.get("shard_axes", ("model",))
+  if not isinstance(axes, (tuple, list)) or not axes or len(set(axes)) != len(axes):
+    raise ValueError(f"config.embedding.shard_axes must be a non-empty tuple of distinct mesh axes, got {axes!r}")
+  if any(a not in config.mesh.axes for a in axes):
+    raise ValueError(f"config.embedding.shard_axes {tuple(axes)} must be axes of config.mesh.axes "
+                     f"{tuple(config.mesh.axes)}")
+  if emb.get("placement", "mod") not in PLACEMENTS:
+    raise ValueError(f"config.embedding.placement must be one of {PLACEMENTS}, got {emb.placement!r}")
+  if emb.get("routing", "gather") not in ROUTINGS:
+    raise ValueError(f"config.embedding.routing must be one of {ROUTINGS}, got {emb.routing!r}")
+  below = emb.get("replicate_below", 0)
+  if not isinstance(below, int) or isinstance(below, bool) or below < 0:
+    raise ValueError(f"config.embedding.replicate_below must be an int >= 0, got {below!r}")
 
 
 def plain(x: Any) -> Any:

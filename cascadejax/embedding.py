@@ -2,13 +2,15 @@
 
 Stage models learn from vectors, not ids. The cascade looks the batch's id features up here and hands
 models an `Embedded` (vectors plus masks for sequences, and the raw candidate ids for the rare model
-that routes by id, such as fixed item pools); swapping in another table implementation (the sharded
-table of a later issue) changes this module only.
+that routes by id, such as fixed item pools). With `EmbeddingConfig.sharding` set, tables of at least
+`replicate_below` rows are row-sharded over the mesh and looked up by `cascadejax.sharded_embedding`
+(their training goes through `cascadejax.sparse_training`); models see the same `Embedded` either way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Mapping
 
 import flax.linen as nn
@@ -16,7 +18,12 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from cascadejax import sharded_embedding
 from cascadejax.data.schema import FeatureSpec, table_sizes
+from cascadejax.sharded_embedding import TableSharding
+
+# Variable collection through which `cascadejax.sparse_training` reads sharded tables' row gradients.
+GRADS_COLLECTION = "embedding_grads"
 
 
 @flax.struct.dataclass
@@ -61,24 +68,46 @@ class EmbeddingCollection(nn.Module):
     features: the dataset's feature specs; features naming the same table share its rows.
     dim: embedding width of every table.
     stddev: standard deviation of the normal initialiser.
+    table_sharding: None, or the layout of tables with at least `replicate_below` rows (stored as
+      `[K R, dim]` physical arrays, see `cascadejax.sharded_embedding`).
   """
 
   features: tuple[FeatureSpec, ...]
   dim: int
   stddev: float = 0.05
+  table_sharding: TableSharding | None = None
+
+  def _sharded(self, rows: int) -> bool:
+    return self.table_sharding is not None and self.table_sharding.shards(rows)
 
   @nn.compact
   def __call__(self, user: Mapping[str, jax.Array], items: Mapping[str, jax.Array]) -> Embedded:
     """Looks every declared feature of `user` and `items` up in its table."""
-    tables = {name: self.param(name, nn.initializers.normal(self.stddev), (rows, self.dim))
-              for name, rows in sorted(table_sizes(self.features).items())}
+    init = nn.initializers.normal(self.stddev)
+    sizes = table_sizes(self.features)
+    sharded = [name for name, rows in sorted(sizes.items()) if self._sharded(rows)]
+    tables = {}
+    for name, rows in sorted(sizes.items()):
+      if name in sharded:  # same logical values as the dense table, stored in the sharded layout
+        tables[name] = self.param(name, lambda key, r=rows: self.table_sharding.to_physical(init(key, (r, self.dim))))
+      else:
+        tables[name] = self.param(name, init, (rows, self.dim))
     out = {"user": {}, "items": {}}
     seq_mask = {}
     for f in self.features:
       ids = (user if f.side == "user" else items)[f.name]
-      out[f.side][f.name] = jnp.take(tables[f.table], ids, axis=0)
+      if f.table not in sharded:
+        out[f.side][f.name] = jnp.take(tables[f.table], ids, axis=0)
       if f.sequence:
         seq_mask[f.name] = ids > 0
+    for name in sharded:  # one routed lookup per table, for all the features that read it
+      feats = [f for f in self.features if f.table == name]
+      ids = sharded_embedding.table_ids(feats, user, items)
+      tap = self.get_variable(GRADS_COLLECTION, name) if self.has_variable(GRADS_COLLECTION, name) else None
+      vectors = sharded_embedding.lookup(tables[name], ids, self.table_sharding, sizes[name], tap=tap)
+      split = sharded_embedding.split_rows(vectors, feats, user, items)
+      for f in feats:
+        out[f.side][f.name] = split[f.name]
     item_ids = {f.name: jnp.asarray(items[f.name]) for f in self.features if f.side == "items"}
     return Embedded(user=out["user"], items=out["items"], sequence_mask=seq_mask, item_ids=item_ids)
 
@@ -91,7 +120,22 @@ class EmbeddingConfig:
     dim: embedding width.
     shared: True: one collection serves every stage (one set of rows, trained by every stage's
       loss). False: each stage owns a collection of its own (stages trained apart stay apart).
+    sharding: None (every table whole on every device), or how large tables are row-sharded.
   """
 
   dim: int = 16
   shared: bool = False
+  sharding: TableSharding | None = None
+
+  @classmethod
+  def from_config(cls, cfg, mesh=None) -> "EmbeddingConfig":
+    """From `config.embedding`; `mesh` (a `jax.sharding.Mesh`) sizes the shards when `cfg.sharded`."""
+    sharding = None
+    if cfg.get("sharded", False):
+      if mesh is None:
+        raise ValueError("config.embedding.sharded=True needs the device mesh to lay tables out")
+      axes = tuple(cfg.get("shard_axes", ("model",)))
+      sharding = TableSharding(axes=axes, num_shards=math.prod(mesh.shape[a] for a in axes),
+                               placement=cfg.get("placement", "mod"), routing=cfg.get("routing", "gather"),
+                               replicate_below=int(cfg.get("replicate_below", 0)))
+    return cls(dim=cfg.dim, shared=cfg.shared, sharding=sharding)

@@ -18,10 +18,11 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from cascadejax import cascade as cascade_lib
-from cascadejax import configuration, data as data_lib, metrics, sharding
+from cascadejax import configuration, data as data_lib, metrics, row_optimizer, sharding
 from cascadejax.data import pipeline
 from cascadejax.data.schema import CascadeBatch, CascadeData
 from cascadejax.losses.cascade import CascadeMethod, get_method
+from cascadejax.sparse_training import SparseEmbedding
 
 
 @flax.struct.dataclass
@@ -42,14 +43,18 @@ class TrainState:
   nonfinite_step: jax.Array
 
 
-def make_optimizer(cfg: ConfigDict, total_steps: int) -> optax.GradientTransformation:
-  """The optimizer of `config.optimizer`: optional clipping, then the named rule on a schedule."""
+def learning_rate(cfg: ConfigDict, total_steps: int) -> optax.Schedule:
+  """The learning-rate schedule of `config.optimizer` (warmup, then constant or cosine decay)."""
   peak, warmup = cfg.learning_rate, cfg.warmup_steps
   if cfg.schedule == "cosine":
-    lr = optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total_steps, warmup + 1))
-  else:
-    lr = optax.join_schedules([optax.linear_schedule(0.0, peak, max(warmup, 1)), optax.constant_schedule(peak)],
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total_steps, warmup + 1))
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, max(warmup, 1)), optax.constant_schedule(peak)],
                               [max(warmup, 1)]) if warmup else optax.constant_schedule(peak)
+
+
+def make_optimizer(cfg: ConfigDict, total_steps: int) -> optax.GradientTransformation:
+  """The optimizer of `config.optimizer`: optional clipping, then the named rule on a schedule."""
+  lr = learning_rate(cfg, total_steps)
   rule = {"adam": lambda: optax.adam(lr), "sgd": lambda: optax.sgd(lr, momentum=0.9),
           "adamw": lambda: optax.adamw(lr, weight_decay=cfg.weight_decay),
           "adagrad": lambda: optax.adagrad(lr)}[cfg.name]()
@@ -73,6 +78,7 @@ class Experiment:
   cascade: cascade_lib.Cascade
   method: CascadeMethod
   tx: optax.GradientTransformation
+  sparse: SparseEmbedding | None = None  # set with config.embedding.sharded: the sharded tables' path
 
   @classmethod
   def build(cls, config: ConfigDict) -> "Experiment":
@@ -85,8 +91,15 @@ class Experiment:
     n = next(iter(data.splits.values())).list_size
     if n != config.data.list_size:
       raise ValueError(f"config.data.list_size={config.data.list_size} but the data has {n} candidate slots")
-    return cls(config=config, mesh=mesh, data=data, cascade=cascade_lib.from_config(config, data.features),
-               method=get_method(config), tx=make_optimizer(config.optimizer, config.train.steps))
+    cascade = cascade_lib.from_config(config, data.features, mesh)
+    opt, steps = config.optimizer, config.train.steps
+    sparse = None
+    if cascade.embedding.sharding is not None:
+      unclipped = ConfigDict({**opt.to_dict(), "grad_clip": 0.0})  # SparseEmbedding clips both parts together
+      sparse = SparseEmbedding(cascade, row_optimizer.from_config(opt), make_optimizer(unclipped, steps),
+                               learning_rate(opt, steps), opt.grad_clip)
+    return cls(config=config, mesh=mesh, data=data, cascade=cascade, method=get_method(config),
+               tx=make_optimizer(opt, steps), sparse=sparse)
 
   # ---- state ----
   @property
@@ -102,7 +115,8 @@ class Experiment:
     c_rng, m_rng = jax.random.split(rng)
     params = {"cascade": self.cascade.init(c_rng, sample.user, sample.items)["params"],
               "method": self.method.init(m_rng)}
-    return TrainState(step=jnp.int32(0), params=params, opt_state=self.tx.init(params),
+    opt_state = self.tx.init(params) if self.sparse is None else self.sparse.init(params)
+    return TrainState(step=jnp.int32(0), params=params, opt_state=opt_state,
                       nonfinite_step=jnp.int32(-1))
 
   def _keys(self) -> tuple[jax.Array, jax.Array]:
@@ -110,8 +124,11 @@ class Experiment:
 
   @functools.cached_property
   def state_sharding(self) -> Any:
-    """A `TrainState`-shaped pytree of shardings (everything replicated over the mesh)."""
-    return jax.tree.map(lambda _: sharding.replicated(self.mesh), jax.eval_shape(self._init, self._keys()[0]))
+    """A `TrainState`-shaped pytree of shardings (replicated, but for row-sharded tables and their state)."""
+    shapes = jax.eval_shape(self._init, self._keys()[0])
+    if self.sparse is not None:
+      return self.sparse.state_sharding(shapes, self.mesh)
+    return jax.tree.map(lambda _: sharding.replicated(self.mesh), shapes)
 
   def init_state(self) -> TrainState:
     """Fresh parameters and optimizer state, created directly with their shardings."""
@@ -135,26 +152,33 @@ class Experiment:
     def step(state: TrainState, batch: CascadeBatch):
       dropout_rng, method_rng = jax.random.split(jax.random.fold_in(train_key, state.step))
 
-      def loss_fn(params):
-        scores = self.cascade.apply({"params": params["cascade"]}, batch.user, batch.items, train=True,
-                                    rngs={"dropout": dropout_rng})
+      def loss_fn(params, variables=None):  # variables: the sparse path's embedding taps
+        scores = self.cascade.apply({"params": params["cascade"], **(variables or {})}, batch.user, batch.items,
+                                    train=True, rngs={"dropout": dropout_rng})
         return self.method.loss(params["method"], scores, batch, rng=method_rng)
 
-      (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+      if self.sparse is None:
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grad_norm = optax.tree.norm(grads)
+      else:
+        (loss, aux), grads = self.sparse.value_and_grad(loss_fn, state.params, batch)
+        grad_norm = self.sparse.global_norm(grads)
       finite = jnp.isfinite(loss) & _all_finite(grads)
 
       def update(_):
+        if self.sparse is not None:
+          return self.sparse.apply(grads, state.opt_state, state.params)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         return optax.apply_updates(state.params, updates), opt_state
 
       params, opt_state = jax.lax.cond(finite, update, lambda _: (state.params, state.opt_state), None)
       first_bad = jnp.where((state.nonfinite_step < 0) & ~finite, state.step, state.nonfinite_step)
       new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, nonfinite_step=first_bad)
-      return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
+      return new_state, {"loss": loss, "grad_norm": grad_norm, **aux}
 
     replicated = sharding.replicated(self.mesh)
-    return jax.jit(step, in_shardings=(self.state_sharding, self._batch_sharding),
-                   out_shardings=(self.state_sharding, replicated), donate_argnums=0)
+    return self._in_mesh(jax.jit(step, in_shardings=(self.state_sharding, self._batch_sharding),
+                                 out_shardings=(self.state_sharding, replicated), donate_argnums=0))
 
   @functools.cached_property
   def eval_step(self):
@@ -165,8 +189,12 @@ class Experiment:
       return metrics.evaluate(scores, batch, ks=self.cascade.ks, gt_num=self.config.cascade.gt_num,
                               stage_names=self.stage_names)
 
-    return jax.jit(step, in_shardings=(self.state_sharding.params["cascade"], self._batch_sharding),
-                   out_shardings=sharding.replicated(self.mesh))
+    return self._in_mesh(jax.jit(step, in_shardings=(self.state_sharding.params["cascade"], self._batch_sharding),
+                                 out_shardings=sharding.replicated(self.mesh)))
+
+  def _in_mesh(self, fn):
+    # Sharded lookups find the mesh in context (`jax.set_mesh`) when the step is traced.
+    return fn if self.sparse is None else sharding.with_mesh(fn, self.mesh)
 
   def evaluate(self, params: Any, split: str = "test") -> dict[str, float]:
     """Metrics of the cascade with `params` (the cascade's part) over a whole split."""

@@ -1,13 +1,14 @@
 """Device mesh from the config and the shardings of parameters and batches.
 
-Batches are split over the mesh's `data` axis; parameters are replicated (row-sharded embedding
-tables over a `model` axis arrive with the sharded embedding table).
+Batches are split over the mesh's `data` axis; parameters are replicated, except row-sharded embedding
+tables (`config.embedding.sharded`), split over `config.embedding.shard_axes` (docs/sharding.md).
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -53,3 +54,12 @@ def check_batch_size(batch_size: int, mesh: Mesh, key: str) -> None:
   n = mesh.shape["data"]
   if batch_size % n:
     raise ValueError(f"{key}={batch_size} must be divisible by the {n} devices of the mesh's 'data' axis")
+
+
+def with_mesh(fn: Callable, mesh: Mesh) -> Callable:
+  """`fn` called (and so traced) with `mesh` as the context mesh (`jax.set_mesh`)."""
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with jax.set_mesh(mesh):
+      return fn(*args, **kwargs)
+  return wrapped

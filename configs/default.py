@@ -58,6 +58,14 @@ def get_config() -> ConfigDict:
   c.embedding = ConfigDict()
   c.embedding.dim = 32
   c.embedding.shared = False  # True: all stages read one set of tables; False: one set per stage
+  # Row-sharded tables (docs/sharding.md). With sharded=True, every table of at least replicate_below
+  # rows is split over the mesh axes shard_axes (which config.mesh.axes must name) and trained with a
+  # lazy row-wise rule matching config.optimizer.name; smaller tables stay replicated and train densely.
+  c.embedding.sharded = False
+  c.embedding.shard_axes = ("model",)  # ("data", "model"): split over every device
+  c.embedding.placement = "mod"  # "mod": row r on shard r mod K; "range": on shard r div ceil(V / K)
+  c.embedding.routing = "gather"  # ids to their rows' owners: "gather" (all-gather + psum) or "all_to_all"
+  c.embedding.replicate_below = 100_000  # rows
 
   # ---- training method (cascadejax/losses/cascade/) ----
   c.method = ConfigDict()

@@ -1,0 +1,170 @@
+"""Sharded embedding table: lookup and lookup+update throughput and memory, sparse vs dense, by device count.
+
+  python benchmarks/embedding.py [--rows 2000000] [--dim 64] [--batch 4096] [--bag 32]
+                                 [--devices 1,2,4,8] [--routings gather,all_to_all] [--iters 5]
+
+Workload: a `[rows, dim]` float32 table; each step looks up `batch` bags of `bag` ids (uniform over
+the table, so few repeat: the worst case for deduplication), mean-pools each bag, and takes the
+gradient of a fixed linear function of the pooled vectors.
+
+  dense:   `jnp.take` on the whole table, `jax.value_and_grad` (a `[rows, dim]` gradient) and
+           `optax.adam` over the whole table, on one device: what the framework does without
+           `config.embedding.sharded`.
+  sparse:  `cascadejax.sharded_embedding.lookup` with a gradient tap, `owner_row_grads` and lazy Adam
+           (`update_rows` with `RowRule("adam")`) on the rows looked up; the table and its Adam state
+           row-sharded (mod placement) over n forced CPU devices, mesh (data n, model 1), split over
+           both axes, batch split over data.
+
+Every case runs in a fresh subprocess (its own device count, its own peak RSS), jitted with the
+state donated, timed (median of --iters) after warm-up steps. Columns: ms per lookup (forward only) and per full step
+(lookup + gradient + update), ids/s of the full step, the process's peak RSS (table, optimizer
+state and runtime) and XLA's temporary buffers of the step. Forced CPU devices share this machine's
+cores, so the device columns show the cost of the routing, not a speed-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _timed(fn, *args, iters: int) -> tuple[float, object]:
+  import jax  # noqa: PLC0415 (imported after XLA_FLAGS is set)
+
+  out = jax.block_until_ready(fn(*args))  # warm-up (and compilation)
+  times = []
+  for _ in range(iters):
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return sorted(times)[len(times) // 2] * 1e3, out  # median: other processes share these cores
+
+
+def run_case(kind: str, devices: int, routing: str, a: argparse.Namespace) -> dict:
+  """Times one case in this process (which must have `devices` devices) and returns its figures."""
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+  import numpy as np  # noqa: PLC0415
+  import optax  # noqa: PLC0415
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: PLC0415
+
+  from cascadejax import sharded_embedding as se  # noqa: PLC0415
+  from cascadejax.row_optimizer import RowRule  # noqa: PLC0415
+
+  assert jax.device_count() == devices, (jax.device_count(), devices)
+  ids = jax.random.randint(jax.random.key(1), (a.batch, a.bag), 0, a.rows, jnp.int32)
+  w = jax.random.normal(jax.random.key(2), (a.batch, a.dim))
+  mask = jnp.ones((a.batch, a.bag), bool)
+  # Tables are filled with a cheap row pattern, not a random draw: values do not change the timings,
+  # and drawing 10M x 64 normals would peak at several times the table's memory before training.
+  init = lambda rows: (jnp.arange(rows, dtype=jnp.float32)[:, None] % 97 - 48) * 1e-3 + jnp.zeros((1, a.dim))
+
+  if kind == "dense":
+    tx = optax.adam(1e-3)
+    table = jax.jit(lambda: init(a.rows))()
+    state = (table, tx.init(table))
+    loss = lambda t, ids: jnp.sum(se.pool(jnp.take(t, ids, axis=0), mask, "mean") * w)
+
+    def step(state, ids):
+      t, opt = state
+      g = jax.grad(loss)(t, ids)
+      updates, opt = tx.update(g, opt, t)
+      return optax.apply_updates(t, updates), opt
+
+    lookup = jax.jit(lambda t, ids: se.pool(jnp.take(t, ids, axis=0), mask, "mean"))
+    step = jax.jit(step, donate_argnums=0)
+    call = lambda fn: (lambda *x: fn(*x))
+  else:
+    mesh = Mesh(np.asarray(jax.devices()).reshape(devices, 1), ("data", "model"))
+    s = se.TableSharding(axes=("data", "model"), num_shards=devices, placement="mod", routing=routing)
+    rule = RowRule("adam")
+    rows = NamedSharding(mesh, P(s.axes))
+    table = jax.jit(lambda: init(devices * s.rows_per_shard(a.rows)), out_shardings=rows)()
+    state = (table, jax.jit(rule.init, out_shardings={"mu": rows, "nu": rows})(table), jnp.int32(0))
+    ids = jax.device_put(ids, NamedSharding(mesh, P("data")))
+
+    def step(state, ids):
+      t, opt, count = state
+      tap = jnp.zeros(ids.shape + (a.dim,))
+      g = jax.grad(lambda tap: jnp.sum(se.pool(se.lookup(t, ids, s, a.rows, tap=tap), mask, "mean") * w))(tap)
+      t, opt = se.update_rows(t, opt, se.owner_row_grads(ids, g, s, a.rows), rule, s, jnp.float32(-1e-3), count + 1)
+      return t, opt, count + 1
+
+    lookup = jax.jit(lambda t, ids: se.pool(se.lookup(t, ids, s, a.rows), mask, "mean"))
+    step = jax.jit(step, donate_argnums=0)
+
+    def call(fn):
+      def run(*x):
+        with jax.set_mesh(mesh):
+          return fn(*x)
+      return run
+
+  lookup_ms, _ = _timed(call(lookup), state[0], ids, iters=a.iters)
+  temp = call(lambda *x: step.lower(*x).compile())(state, ids).memory_analysis().temp_size_in_bytes
+  for _ in range(2):  # warm-up: the first output may come back with other shardings than the input
+    state = jax.block_until_ready(call(step)(state, ids))
+  times = []
+  for _ in range(a.iters):
+    start = time.perf_counter()
+    state = jax.block_until_ready(call(step)(state, ids))
+    times.append(time.perf_counter() - start)
+  step_ms = sorted(times)[len(times) // 2] * 1e3  # median: other processes share these cores
+  return {"kind": kind, "devices": devices, "routing": routing if kind == "sparse" else "-",
+          "lookup_ms": lookup_ms, "step_ms": step_ms, "ids_per_s": a.batch * a.bag / step_ms * 1e3,
+          "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "temp_gb": temp / 2**30}
+
+
+def main() -> None:
+  """Runs every case in its own subprocess and prints the table (and one JSON line per case)."""
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--rows", type=int, default=2_000_000)
+  p.add_argument("--dim", type=int, default=64)
+  p.add_argument("--batch", type=int, default=4096)
+  p.add_argument("--bag", type=int, default=32, help="ids per request (mean-pooled)")
+  p.add_argument("--devices", default="1,2,4,8")
+  p.add_argument("--routings", default="gather,all_to_all")
+  p.add_argument("--iters", type=int, default=5)
+  p.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: kind,devices,routing
+  a = p.parse_args()
+  if a.case:
+    kind, devices, routing = a.case.split(",")
+    print(json.dumps(run_case(kind, int(devices), routing, a)), flush=True)
+    return
+
+  table_gb = a.rows * a.dim * 4 / 2**30
+  print(f"table {a.rows:,} x {a.dim} float32 ({table_gb:.2f} GiB); batch {a.batch} x bag {a.bag} = "
+        f"{a.batch * a.bag:,} ids per step", flush=True)
+  cases = [("dense", 1, "-")] + [("sparse", int(n), r) for n in a.devices.split(",") for r in a.routings.split(",")]
+  results = []
+  header = f"{'path':8} {'dev':>4} {'routing':11} {'lookup ms':>10} {'step ms':>9} {'ids/s':>12} {'peak RSS GB':>12} {'temp GB':>8}"
+  print(header, flush=True)
+  for kind, n, routing in cases:
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "JAX_PLATFORMS": "cpu"}
+    args = [sys.executable, os.path.abspath(__file__), f"--case={kind},{n},{routing}"] + [
+        f"--{k}={getattr(a, k)}" for k in ("rows", "dim", "batch", "bag", "iters")]
+    out = subprocess.run(args, env=env, capture_output=True, text=True)
+    if out.returncode:
+      print(f"{kind:8} {n:>4} {routing:11} failed: {out.stderr.strip().splitlines()[-1:]}", flush=True)
+      continue
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    results.append(r)
+    print(f"{kind:8} {n:>4} {r['routing']:11} {r['lookup_ms']:>10.1f} {r['step_ms']:>9.1f} {r['ids_per_s']:>12,.0f} "
+          f"{r['peak_rss_gb']:>12.2f} {r['temp_gb']:>8.2f}", flush=True)
+  dense = next((r for r in results if r["kind"] == "dense"), None)
+  if dense:
+    for r in results:
+      if r["kind"] == "sparse":
+        print(f"sparse {r['devices']} dev {r['routing']}: {dense['step_ms'] / r['step_ms']:.1f}x the dense step")
+  for r in results:
+    print(json.dumps(r))
+
+
+if __name__ == "__main__":
+  main()

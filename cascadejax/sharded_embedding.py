@@ -1,0 +1,206 @@
+"""Row-sharded embedding tables: layout, lookup with sparse row gradients, row-wise updates.
+
+Layout. A table of V rows is split over the K devices of the mesh axes `axes` (K = the product of
+their sizes) into K blocks of R = ceil(V / K) rows. Placement maps logical row r to (owner, local):
+
+  mod:    owner = r mod K,  local = r div K   (neighbouring ids, often alike in heat, go to different shards)
+  range:  owner = r div R,  local = r mod R   (the stored array is the logical table itself, padded)
+
+The parameter is the physical array `[K R, D]` (block k = shard k's rows), sharded `P(axes)`; rows
+past V are padding, never read. `to_physical` / `to_logical` convert whole tables.
+
+`lookup(table, ids)` returns `jnp.take(logical_table, ids)` for ids `[B, T]` split over the data axis,
+routing each device's ids to their owners and the rows back (`cascadejax.embedding_routing`:
+all-gather + psum, or all-to-all). Its `custom_vjp` backward never forms a dense `[V, D]` gradient
+on the way: it routes per-id gradients to the owners. With `tap=`, the per-id gradients come out
+as the tap's cotangent, `owner_row_grads` routes them to their owners and sums duplicates there
+(fixed-size `jnp.unique` + `segment_sum`), and `update_rows` applies a row-wise rule
+(`cascadejax.row_optimizer`) to exactly those rows. `pool` sums or averages multi-valued features
+(e.g. history sequences).
+
+The mesh comes from the context (`jax.set_mesh`); without one (initialisation, serving exports)
+lookups read the physical table directly, with the same result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from cascadejax import embedding_routing as routing
+PLACEMENTS = ("mod", "range")
+ROUTINGS = ("gather", "all_to_all")
+
+
+@dataclasses.dataclass(frozen=True)
+class TableSharding:
+  """How large tables are split over a mesh.
+
+  Attributes:
+    axes: mesh axes the rows are split over, e.g. ("model",) or ("data", "model").
+    num_shards: K, the product of those axes' sizes.
+    placement: "mod" or "range" (module docstring).
+    routing: "gather" or "all_to_all" (module docstring).
+    replicate_below: tables with fewer rows stay whole on every device (and train densely).
+    data_axis: the mesh axis batches are split over.
+  """
+
+  axes: tuple[str, ...] = ("model",)
+  num_shards: int = 1
+  placement: str = "mod"
+  routing: str = "gather"
+  replicate_below: int = 0
+  data_axis: str = "data"
+
+  def shards(self, vocab: int) -> bool:
+    """Whether a table of `vocab` rows is row-sharded (else replicated)."""
+    return vocab >= self.replicate_below
+
+  def rows_per_shard(self, vocab: int) -> int:
+    """R = ceil(vocab / K)."""
+    return -(-vocab // self.num_shards)
+
+  def owner_local(self, ids: jax.Array, vocab: int) -> tuple[jax.Array, jax.Array]:
+    """(owning shard, row within that shard) of each id."""
+    if self.placement == "mod":
+      return ids % self.num_shards, ids // self.num_shards
+    r = self.rows_per_shard(vocab)
+    return ids // r, ids % r
+
+  def physical_index(self, ids: jax.Array, vocab: int) -> jax.Array:
+    """Row of the physical `[K R, D]` array that holds each logical id."""
+    owner, local = self.owner_local(ids, vocab)
+    return owner * self.rows_per_shard(vocab) + local
+
+  def to_physical(self, table: jax.Array) -> jax.Array:
+    """`[V, D]` logical table -> `[K R, D]` stored layout."""
+    k, r, d = self.num_shards, self.rows_per_shard(table.shape[0]), table.shape[1]
+    padded = jnp.pad(table, ((0, k * r - table.shape[0]), (0, 0)))
+    return padded if self.placement == "range" else padded.reshape(r, k, d).swapaxes(0, 1).reshape(k * r, d)
+
+  def to_logical(self, physical: jax.Array, vocab: int) -> jax.Array:
+    """`[K R, D]` stored layout -> `[V, D]` logical table."""
+    k, r, d = self.num_shards, self.rows_per_shard(vocab), physical.shape[1]
+    if self.placement == "mod":
+      physical = physical.reshape(k, r, d).swapaxes(0, 1).reshape(k * r, d)
+    return physical[:vocab]
+
+
+# ---- ids of one table, gathered from a batch's features ----
+def table_ids(features: Sequence[Any], user: Mapping[str, jax.Array], items: Mapping[str, jax.Array]) -> jax.Array:
+  """`[B, T]`: the ids every feature in `features` (all of one table) looks up, per request."""
+  parts = [jnp.asarray((user if f.side == "user" else items)[f.name]) for f in features]
+  return jnp.concatenate([p.reshape(p.shape[0], -1) for p in parts], axis=1).astype(jnp.int32)
+
+
+def split_rows(vectors: jax.Array, features: Sequence[Any], user: Mapping[str, jax.Array],
+               items: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  """Inverse of `table_ids` for looked-up vectors `[B, T, D]`: feature name -> `[*ids shape, D]`."""
+  out, start = {}, 0
+  for f in features:
+    shape = jnp.shape((user if f.side == "user" else items)[f.name])
+    width = math.prod(shape[1:])
+    out[f.name] = vectors[:, start:start + width].reshape(*shape, vectors.shape[-1])
+    start += width
+  return out
+
+
+def pool(vectors: jax.Array, mask: jax.Array, combiner: str) -> jax.Array:
+  """Sum or mean of `vectors [..., T, D]` over the T values where `mask [..., T]` is True (0 if none)."""
+  if combiner not in ("sum", "mean"):
+    raise ValueError(f"combiner must be 'sum' or 'mean', got {combiner!r}")
+  w = mask.astype(vectors.dtype)[..., None]
+  total = (vectors * w).sum(-2)
+  return total if combiner == "sum" else total / jnp.maximum(w.sum(-2), 1.0)
+
+
+def lookup(table: jax.Array, ids: jax.Array, sharding: TableSharding, vocab: int, *,
+           tap: jax.Array | None = None) -> jax.Array:
+  """Rows of a row-sharded table.
+
+  Args:
+    table: `[K R, D]` physical table (`TableSharding.to_physical` of the logical `[V, D]`).
+    ids: `[B, T]` int ids in `[0, vocab)`; others read zeros. `B` splits over the data axis.
+    sharding: the table's layout and routing.
+    vocab: V, the logical row count.
+    tap: None: gradients reach `table` as its ordinary cotangent, routed to the owning shards and
+      scatter-added there. Else a `[B, T, D]` zeros array whose cotangent receives the gradient of
+      every looked-up id (turn them into deduplicated row gradients at the owners with
+      `owner_row_grads`); the table then gets no cotangent at all.
+
+  Returns:
+    `[B, T, D]` rows, equal to `jnp.take(logical_table, ids, axis=0)`.
+  """
+  plan = routing.plan_for(sharding, vocab, ids.shape[0])
+  if tap is None:
+    return routing.lookup_dense(plan, table, ids) if not plan.local else routing.forward(plan, table, ids)
+  return routing.lookup_tap(plan, table, ids, tap)
+
+
+# ---- sparse updates at the owners ----
+@flax.struct.dataclass
+class RowGrads:
+  """Deduplicated row gradients at their owners.
+
+  Attributes:
+    index: `[K S]` row of each shard's block (block k holds shard k's S slots; R or more = empty slot).
+    grads: `[K S, D]` summed gradient of each row (zeros in empty slots).
+    local: True when computed without a mesh (then `index` addresses the whole physical table).
+  """
+
+  index: jax.Array
+  grads: jax.Array
+  local: bool = flax.struct.field(pytree_node=False, default=False)
+
+
+def owner_row_grads(ids: jax.Array, tap_grads: jax.Array, sharding: TableSharding, vocab: int) -> RowGrads:
+  """Routes the tap cotangent of `lookup(table, ids, ..., tap=)` to the owning shards and sums duplicates.
+
+  Args:
+    ids: `[B, T]` the ids looked up.
+    tap_grads: `[B, T, D]` the cotangent `lookup` gave the tap (one gradient per looked-up id).
+    sharding: the table's layout and routing.
+    vocab: V.
+
+  Returns:
+    Each shard's touched rows, once each, with their summed gradients.
+  """
+  plan = routing.plan_for(sharding, vocab, ids.shape[0])
+  flat_ids, flat_grads = ids.reshape(-1), tap_grads.reshape(ids.size, -1)
+  if plan.local:
+    size = sharding.num_shards * plan.rows
+    idx = jnp.where(routing.valid(plan, flat_ids), sharding.physical_index(flat_ids, vocab), size)
+    return RowGrads(*routing.dedup(idx, flat_grads, size), local=True)
+
+  def body(ids, g):
+    return routing.dedup(*routing.route_to_owners(plan, ids, g), plan.rows)
+
+  rows_spec, data_spec = routing.specs(plan)
+  return RowGrads(*routing.smap(body, (data_spec, data_spec), (rows_spec, rows_spec))(flat_ids, flat_grads))
+
+
+def update_rows(table: jax.Array, state: Any, grads: RowGrads, rule: Callable, sharding: TableSharding,
+                *scalars: jax.Array) -> tuple[jax.Array, Any]:
+  """Applies `rule(rows, row_state, row_grads, *scalars) -> (rows, row_state)` to the listed rows only.
+
+  `state` is a pytree of `[K R, D]` arrays laid out like `table`; rows not in `grads` keep their
+  parameters and state bit for bit.
+  """
+  def body(shard, st, index, g, *scalars):
+    take = lambda x: jnp.take(x, index, axis=0, mode="clip")
+    rows, row_state = rule(take(shard), jax.tree.map(take, st), g, *scalars)
+    put = lambda x, new: x.at[index].set(new, mode="drop")
+    return put(shard, rows), jax.tree.map(put, st, row_state)
+
+  if grads.local:
+    return body(table, state, grads.index, grads.grads, *scalars)
+  rows_spec = P(sharding.axes)
+  specs = (rows_spec, jax.tree.map(lambda _: rows_spec, state), rows_spec, rows_spec) + (P(),) * len(scalars)
+  return routing.smap(body, specs, (rows_spec, jax.tree.map(lambda _: rows_spec, state)))(
+      table, state, grads.index, grads.grads, *scalars)

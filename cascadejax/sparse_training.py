@@ -1,0 +1,157 @@
+"""The train step's sparse path: row-sharded tables get row gradients and a lazy row-wise update.
+
+With `config.embedding.sharded`, `Experiment` hands its loss to `SparseEmbedding.value_and_grad`
+instead of `jax.value_and_grad`. The sharded tables are then not differentiated at all: each
+sharded lookup receives a zero "tap" `[B, T, D]` (through the `embedding_grads` variable
+collection) whose cotangent carries the row gradients of the batch's unique ids
+(`cascadejax.sharded_embedding.lookup`). Those are routed to the owning shards and deduplicated
+(`RowGrads`), and `apply` updates exactly those rows with the row-wise rule of
+`cascadejax.row_optimizer`, while every other parameter (stage models, method parameters, tables
+below the replication threshold) goes through the dense optax optimizer. Gradient clipping uses the
+global norm of both parts together, as `optax.clip_by_global_norm` would on the dense gradient.
+
+Optimizer state: `{"dense": optax state of the dense parameters, "rows": collection -> table ->
+row-rule state laid out like the table, "count": updates applied}`; `count` drives the row rules'
+learning-rate schedule and Adam's bias correction (global step count, see `row_optimizer`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from cascadejax import sharded_embedding
+from cascadejax.data.schema import table_sizes
+from cascadejax.embedding import GRADS_COLLECTION
+from cascadejax.row_optimizer import RowRule
+
+
+@flax.struct.dataclass
+class SparseGrads:
+  """Gradients of the sparse path.
+
+  Attributes:
+    dense: gradients of every parameter except the sharded tables (the params tree without them).
+    rows: collection -> table -> `RowGrads` at the owning shards.
+  """
+
+  dense: Any
+  rows: Any
+
+
+class SparseEmbedding:
+  """Splits a cascade's parameters into sharded tables and the rest, and trains each its own way.
+
+  Args:
+    cascade: the `Cascade` (its `embedding.sharding` must be set).
+    rule: the row-wise rule of the sharded tables.
+    dense_tx: the optax optimizer of all other parameters, without gradient clipping.
+    schedule: the learning-rate schedule (a function of the update count).
+    grad_clip: global-norm clipping threshold over both parts; 0 disables.
+  """
+
+  def __init__(self, cascade, rule: RowRule, dense_tx: optax.GradientTransformation,
+               schedule: Callable[[jax.Array], jax.Array], grad_clip: float = 0.0):
+    self.sharding = cascade.embedding.sharding
+    self.features = cascade.features
+    self.dim = cascade.embedding.dim
+    self.rule, self.dense_tx, self.schedule, self.grad_clip = rule, dense_tx, schedule, grad_clip
+    sizes = table_sizes(self.features)
+    collections = ["embedding"] if cascade.embedding.shared else [f"embedding_{s.name}" for s in cascade.stages]
+    # (collection, table, vocab) of every sharded table.
+    self.tables = tuple((c, t, sizes[t]) for c in collections for t in sorted(sizes) if self.sharding.shards(sizes[t]))
+
+  # ---- parameter trees ----
+  def split(self, params: Any) -> tuple[dict, Any]:
+    """(collection -> table -> sharded table, the params tree without them)."""
+    cascade, tables = dict(params["cascade"]), {}
+    for c, t, _ in self.tables:
+      cascade[c] = dict(cascade[c])
+      tables.setdefault(c, {})[t] = cascade[c].pop(t)
+    return tables, {**params, "cascade": cascade}
+
+  def merge(self, dense: Any, tables: dict) -> Any:
+    """Inverse of `split`."""
+    cascade = {k: dict(v) if k in tables else v for k, v in dense["cascade"].items()}
+    for c, by_name in tables.items():
+      cascade[c].update(by_name)
+    return {**dense, "cascade": cascade}
+
+  def init(self, params: Any) -> dict[str, Any]:
+    """Fresh optimizer state."""
+    tables, dense = self.split(params)
+    rows = jax.tree.map(self.rule.init, tables)
+    return {"dense": self.dense_tx.init(dense), "rows": rows, "count": jnp.zeros([], jnp.int32)}
+
+  def state_sharding(self, abstract_state: Any, mesh: Mesh) -> Any:
+    """Shardings for a `TrainState`-shaped tree: tables and their row states split over rows."""
+    rows, rep = NamedSharding(mesh, P(self.sharding.axes)), NamedSharding(mesh, P())
+    keys = {(c, t) for c, t, _ in self.tables}
+
+    def pick(path, _):
+      names = tuple(getattr(k, "key", getattr(k, "name", None)) for k in path)
+      split = names[:2] in (("params", "cascade"), ("opt_state", "rows")) and names[2:4] in keys
+      return rows if split else rep
+
+    return jax.tree_util.tree_map_with_path(pick, abstract_state)
+
+  # ---- gradients ----
+  def _ids(self, batch: Any) -> dict[str, jax.Array]:
+    return {t: sharded_embedding.table_ids([f for f in self.features if f.table == t], batch.user, batch.items)
+            for _, t, _ in self.tables}
+
+  def value_and_grad(self, loss_fn: Callable, params: Any, batch: Any) -> tuple[tuple[jax.Array, Any], SparseGrads]:
+    """Like `jax.value_and_grad(loss_fn, has_aux=True)(params)`, with sparse table gradients.
+
+    Args:
+      loss_fn: `(params, variables) -> (loss, aux)`, applying the cascade with the extra variable
+        collections `variables` (the taps).
+      params: the full parameter tree.
+      batch: the `CascadeBatch` the loss reads (for the ids of each table).
+    """
+    tables, dense = self.split(params)
+    ids = self._ids(batch)
+    taps = {}
+    for c, t, _ in self.tables:
+      taps.setdefault(c, {})[t] = jnp.zeros(ids[t].shape + (self.dim,), tables[c][t].dtype)
+
+    def f(dense, taps):
+      return loss_fn(self.merge(dense, tables), {GRADS_COLLECTION: taps})
+
+    (loss, aux), (g_dense, g_taps) = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(dense, taps)
+    rows = {}
+    for c, t, vocab in self.tables:
+      rows.setdefault(c, {})[t] = sharded_embedding.owner_row_grads(ids[t], g_taps[c][t], self.sharding, vocab)
+    return (loss, aux), SparseGrads(dense=g_dense, rows=rows)
+
+  def global_norm(self, grads: SparseGrads) -> jax.Array:
+    """The L2 norm of the whole gradient (dense part and deduplicated table rows)."""
+    row_grads = [r.grads for by_name in grads.rows.values() for r in by_name.values()]
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(grads.dense) + row_grads))
+
+  # ---- update ----
+  def apply(self, grads: SparseGrads, opt_state: dict[str, Any], params: Any) -> tuple[Any, dict[str, Any]]:
+    """One optimizer step: dense optax on the dense part, the row rule on the looked-up rows."""
+    tables, dense = self.split(params)
+    dense_grads, rows = grads.dense, grads.rows
+    if self.grad_clip > 0:  # optax.clip_by_global_norm's formula, over both parts
+      norm = self.global_norm(grads)
+      clip = lambda x: jax.lax.select(norm < self.grad_clip, x, (x / norm.astype(x.dtype)) * self.grad_clip)
+      dense_grads = jax.tree.map(clip, dense_grads)
+      rows = jax.tree.map(lambda r: r.replace(grads=clip(r.grads)), rows,
+                          is_leaf=lambda x: isinstance(x, sharded_embedding.RowGrads))
+    updates, dense_state = self.dense_tx.update(dense_grads, opt_state["dense"], dense)
+    dense = optax.apply_updates(dense, updates)
+    count = opt_state["count"]
+    step_size = -self.schedule(count)
+    new_tables, new_rows = {}, {}
+    for c, t, _ in self.tables:
+      new_tables.setdefault(c, {})[t], new_rows.setdefault(c, {})[t] = sharded_embedding.update_rows(
+          tables[c][t], opt_state["rows"][c][t], rows[c][t], self.rule, self.sharding,
+          jnp.asarray(step_size, jnp.float32), count + 1)
+    return self.merge(dense, new_tables), {"dense": dense_state, "rows": new_rows, "count": count + 1}
