@@ -1,7 +1,7 @@
 """Sharded embedding table: lookup and lookup+update throughput and memory, sparse vs dense, by device count.
 
   python benchmarks/embedding.py [--rows 2000000] [--dim 64] [--batch 4096] [--bag 32]
-                                 [--devices 1,2,4,8] [--routings gather,all_to_all] [--iters 5]
+                                 [--devices 1,2,4,8] [--routings gather,all_to_all,all_to_all:2] [--iters 5]
 
 Workload: a `[rows, dim]` float32 table; each step looks up `batch` bags of `bag` ids (uniform over
 the table, so few repeat: the worst case for deduplication), mean-pools each bag, and takes the
@@ -13,7 +13,8 @@ gradient of a fixed linear function of the pooled vectors.
   sparse:  `cascadejax.sharded_embedding.lookup` with a gradient tap, `owner_row_grads` and lazy Adam
            (`update_rows` with `RowRule("adam")`) on the rows looked up; the table and its Adam state
            row-sharded (mod placement) over n forced CPU devices, mesh (data n, model 1), split over
-           both axes, batch split over data.
+           both axes, batch split over data. Routing `all_to_all:F` bounds the buckets with
+           capacity_factor F (the ids are uniform, so F = 2 drops none here; the table says so).
 
 Every case runs in a fresh subprocess (its own device count, its own peak RSS), jitted with the
 state donated, timed (median of --iters) after warm-up steps. Columns: ms per lookup (forward only) and per full step
@@ -83,19 +84,22 @@ def run_case(kind: str, devices: int, routing: str, a: argparse.Namespace) -> di
     call = lambda fn: (lambda *x: fn(*x))
   else:
     mesh = Mesh(np.asarray(jax.devices()).reshape(devices, 1), ("data", "model"))
-    s = se.TableSharding(axes=("data", "model"), num_shards=devices, placement="mod", routing=routing)
+    route, _, factor = routing.partition(":")
+    s = se.TableSharding(axes=("data", "model"), num_shards=devices, placement="mod", routing=route,
+                         capacity_factor=float(factor or 0))
     rule = RowRule("adam")
     rows = NamedSharding(mesh, P(s.axes))
     table = jax.jit(lambda: init(devices * s.rows_per_shard(a.rows)), out_shardings=rows)()
-    state = (table, jax.jit(rule.init, out_shardings={"mu": rows, "nu": rows})(table), jnp.int32(0))
+    state = (table, jax.jit(rule.init, out_shardings={"mu": rows, "nu": rows})(table), jnp.int32(0), jnp.int32(0))
     ids = jax.device_put(ids, NamedSharding(mesh, P("data")))
 
     def step(state, ids):
-      t, opt, count = state
+      t, opt, count, _ = state
       tap = jnp.zeros(ids.shape + (a.dim,))
       g = jax.grad(lambda tap: jnp.sum(se.pool(se.lookup(t, ids, s, a.rows, tap=tap), mask, "mean") * w))(tap)
-      t, opt = se.update_rows(t, opt, se.owner_row_grads(ids, g, s, a.rows), rule, s, jnp.float32(-1e-3), count + 1)
-      return t, opt, count + 1
+      grads = se.owner_row_grads(ids, g, s, a.rows)
+      t, opt = se.update_rows(t, opt, grads, rule, s, jnp.float32(-1e-3), count + 1)
+      return t, opt, count + 1, grads.dropped
 
     lookup = jax.jit(lambda t, ids: se.pool(se.lookup(t, ids, s, a.rows), mask, "mean"))
     step = jax.jit(step, donate_argnums=0)
@@ -116,7 +120,8 @@ def run_case(kind: str, devices: int, routing: str, a: argparse.Namespace) -> di
     state = jax.block_until_ready(call(step)(state, ids))
     times.append(time.perf_counter() - start)
   step_ms = sorted(times)[len(times) // 2] * 1e3  # median: other processes share these cores
-  return {"kind": kind, "devices": devices, "routing": routing if kind == "sparse" else "-",
+  dropped = int(state[3]) if kind == "sparse" else 0
+  return {"kind": kind, "devices": devices, "routing": routing if kind == "sparse" else "-", "dropped_ids": dropped,
           "lookup_ms": lookup_ms, "step_ms": step_ms, "ids_per_s": a.batch * a.bag / step_ms * 1e3,
           "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "temp_gb": temp / 2**30}
 
@@ -129,7 +134,7 @@ def main() -> None:
   p.add_argument("--batch", type=int, default=4096)
   p.add_argument("--bag", type=int, default=32, help="ids per request (mean-pooled)")
   p.add_argument("--devices", default="1,2,4,8")
-  p.add_argument("--routings", default="gather,all_to_all")
+  p.add_argument("--routings", default="gather,all_to_all,all_to_all:2", help="all_to_all:F = capacity factor F")
   p.add_argument("--iters", type=int, default=5)
   p.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: kind,devices,routing
   a = p.parse_args()
@@ -143,7 +148,8 @@ def main() -> None:
         f"{a.batch * a.bag:,} ids per step", flush=True)
   cases = [("dense", 1, "-")] + [("sparse", int(n), r) for n in a.devices.split(",") for r in a.routings.split(",")]
   results = []
-  header = f"{'path':8} {'dev':>4} {'routing':11} {'lookup ms':>10} {'step ms':>9} {'ids/s':>12} {'peak RSS GB':>12} {'temp GB':>8}"
+  header = (f"{'path':8} {'dev':>4} {'routing':13} {'lookup ms':>10} {'step ms':>9} {'ids/s':>12} {'peak RSS GB':>12} "
+            f"{'temp GB':>8} {'dropped':>8}")
   print(header, flush=True)
   for kind, n, routing in cases:
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "JAX_PLATFORMS": "cpu"}
@@ -151,12 +157,12 @@ def main() -> None:
         f"--{k}={getattr(a, k)}" for k in ("rows", "dim", "batch", "bag", "iters")]
     out = subprocess.run(args, env=env, capture_output=True, text=True)
     if out.returncode:
-      print(f"{kind:8} {n:>4} {routing:11} failed: {out.stderr.strip().splitlines()[-1:]}", flush=True)
+      print(f"{kind:8} {n:>4} {routing:13} failed: {out.stderr.strip().splitlines()[-1:]}", flush=True)
       continue
     r = json.loads(out.stdout.strip().splitlines()[-1])
     results.append(r)
-    print(f"{kind:8} {n:>4} {r['routing']:11} {r['lookup_ms']:>10.1f} {r['step_ms']:>9.1f} {r['ids_per_s']:>12,.0f} "
-          f"{r['peak_rss_gb']:>12.2f} {r['temp_gb']:>8.2f}", flush=True)
+    print(f"{kind:8} {n:>4} {r['routing']:13} {r['lookup_ms']:>10.1f} {r['step_ms']:>9.1f} {r['ids_per_s']:>12,.0f} "
+          f"{r['peak_rss_gb']:>12.2f} {r['temp_gb']:>8.2f} {r['dropped_ids']:>8}", flush=True)
   dense = next((r for r in results if r["kind"] == "dense"), None)
   if dense:
     for r in results:

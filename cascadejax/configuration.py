@@ -132,6 +132,9 @@ def _validate_sharded_embedding(config: ConfigDict) -> None:
     raise ValueError(f"config.embedding.placement must be one of {PLACEMENTS}, got {emb.placement!r}")
   if emb.get("routing", "gather") not in ROUTINGS:
     raise ValueError(f"config.embedding.routing must be one of {ROUTINGS}, got {emb.routing!r}")
+  factor = emb.get("capacity_factor", 0.0)
+  if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor < 0:
+    raise ValueError(f"config.embedding.capacity_factor must be a number >= 0, got {factor!r}")
   below = emb.get("replicate_below", 0)
   if not isinstance(below, int) or isinstance(below, bool) or below < 0:
     raise ValueError(f"config.embedding.replicate_below must be an int >= 0, got {below!r}")

@@ -137,5 +137,6 @@ class EmbeddingConfig:
       axes = tuple(cfg.get("shard_axes", ("model",)))
       sharding = TableSharding(axes=axes, num_shards=math.prod(mesh.shape[a] for a in axes),
                                placement=cfg.get("placement", "mod"), routing=cfg.get("routing", "gather"),
-                               replicate_below=int(cfg.get("replicate_below", 0)))
+                               replicate_below=int(cfg.get("replicate_below", 0)),
+                               capacity_factor=float(cfg.get("capacity_factor", 0.0)))
     return cls(dim=cfg.dim, shared=cfg.shared, sharding=sharding)

@@ -11,10 +11,12 @@ distinct and could belong to one shard), so everything jits; `TableSharding.rout
                id moves when the table is split over `model` only; the price is a `[b T, D]` all-reduce
                and reads masked on K shards.
   all_to_all:  the devices holding the same ids (the shard axes other than data) split them; each
-               device buckets its share by owner with exact capacity (no id is ever dropped), an
-               all-to-all delivers the buckets, owners answer with their rows through a second
-               all-to-all, and an all-gather over the splitting axes reassembles the rows. Each row is
-               read once, by its owner.
+               device buckets its share by owner, an all-to-all delivers the buckets, owners answer
+               with their rows through a second all-to-all, and an all-gather over the splitting axes
+               reassembles the rows. Each row is read once, by its owner. Buckets hold every id a
+               device has (exact: nothing is dropped) unless `capacity_factor` f > 0 bounds them to
+               f times an even share, which makes per-device work shrink with K; ids past a full
+               bucket then read zeros and get no gradient, and are counted.
 
 Ids are not deduplicated on the way out: with worst-case buffer sizes it would save no traffic.
 Gradients take the reverse route to the owners (all-gather over data, or all-to-all), where
@@ -133,19 +135,25 @@ def _my_share(plan: Plan, x: jax.Array) -> jax.Array:
   return jax.lax.dynamic_slice_in_dim(x, jax.lax.axis_index(plan.split_axes) * c, c) if n > 1 else x
 
 
-def _buckets(plan: Plan, ids: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(owner, slot) of each id in `[K, C]` send buckets (owner K = not sent)."""
-  k = plan.sharding.num_shards
+def _buckets(plan: Plan, ids: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, int]:
+  """(owner, slot) of each id in `[K, C]` send buckets (owner K = not sent), and how many overflowed.
+
+  C is the number of ids (exact: nothing overflows) or, with `capacity_factor` f > 0,
+  ceil(f * ids / K): ids past a full bucket are not sent (they read zeros and get no gradient).
+  """
+  k, n, f = plan.sharding.num_shards, ids.shape[0], plan.sharding.capacity_factor
+  cap = n if f <= 0 else min(n, max(1, math.ceil(f * n / k)))
   dest = jnp.where(valid(plan, ids), plan.sharding.owner_local(ids, plan.vocab)[0], k)
   order = jnp.argsort(dest, stable=True)
   counts = jnp.bincount(dest, length=k + 1)
-  slot_sorted = jnp.arange(ids.shape[0]) - (jnp.cumsum(counts) - counts)[dest[order]]
-  return dest, jnp.zeros_like(dest).at[order].set(slot_sorted)
+  slot = jnp.zeros_like(dest).at[order].set(jnp.arange(n) - (jnp.cumsum(counts) - counts)[dest[order]])
+  over = (dest < k) & (slot >= cap)
+  return jnp.where(over, k, dest), jnp.where(over, 0, slot), jnp.sum(over, dtype=jnp.int32), cap
 
 
-def _scatter_buckets(plan: Plan, x: jax.Array, dest: jax.Array, slot: jax.Array, fill) -> jax.Array:
-  k, c = plan.sharding.num_shards, x.shape[0]
-  return jnp.full((k + 1, c) + x.shape[1:], fill, x.dtype).at[dest, slot].set(x)[:k]
+def _scatter_buckets(plan: Plan, x: jax.Array, dest: jax.Array, slot: jax.Array, cap: int, fill) -> jax.Array:
+  k = plan.sharding.num_shards
+  return jnp.full((k + 1, cap) + x.shape[1:], fill, x.dtype).at[dest, slot].set(x)[:k]
 
 
 def _a2a(plan: Plan, x: jax.Array) -> jax.Array:
@@ -164,8 +172,8 @@ def _fetch(plan: Plan, shard: jax.Array, u: jax.Array) -> jax.Array:
     rest = tuple(a for a in plan.split_axes if plan.size((a,)) > 1)
     return jax.lax.psum(rows, rest) if rest else rows
   mine = _my_share(plan, u)
-  dest, slot = _buckets(plan, mine)
-  asked = _a2a(plan, _scatter_buckets(plan, mine, dest, slot, SENTINEL))  # [K, C]: what each peer asks me
+  dest, slot, _, cap = _buckets(plan, mine)
+  asked = _a2a(plan, _scatter_buckets(plan, mine, dest, slot, cap, SENTINEL))  # [K, C]: what each peer asks me
   answer = _read_owned(plan, shard, asked.reshape(-1)).reshape(*asked.shape, -1)
   got = _a2a(plan, answer)[jnp.minimum(dest, s.num_shards - 1), slot]
   got = jnp.where((dest < s.num_shards)[:, None], got, 0)
@@ -174,9 +182,11 @@ def _fetch(plan: Plan, shard: jax.Array, u: jax.Array) -> jax.Array:
   return got[:u.shape[0]]
 
 
-def route_to_owners(plan: Plan, u: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Gradients `g [M, D]` of ids `u [M]` -> (local row, or R if not this shard's, gradient) at the owners."""
+def route_to_owners(plan: Plan, u: jax.Array, g: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Gradients `g [M, D]` of ids `u [M]` -> (local row, or R if not this shard's, gradient) at the
+  owners, and the number of this device's ids that overflowed their bucket (all_to_all with a capacity)."""
   s, data = plan.sharding, plan.sharding.data_axis
+  dropped = jnp.int32(0)
   if s.routing == "gather":
     if plan.data_gather:
       u, g = jax.lax.all_gather(u, data, tiled=True), jax.lax.all_gather(g, data, tiled=True)
@@ -184,13 +194,13 @@ def route_to_owners(plan: Plan, u: jax.Array, g: jax.Array) -> tuple[jax.Array, 
     mine = valid(plan, u) & (owner == _my_shard(plan))
   else:
     ids, grads = _my_share(plan, u), _my_share(plan, g)
-    dest, slot = _buckets(plan, ids)
-    u = _a2a(plan, _scatter_buckets(plan, ids, dest, slot, SENTINEL)).reshape(-1)
-    g = _a2a(plan, _scatter_buckets(plan, grads, dest, slot, 0)).reshape(u.shape[0], -1)
+    dest, slot, dropped, cap = _buckets(plan, ids)
+    u = _a2a(plan, _scatter_buckets(plan, ids, dest, slot, cap, SENTINEL)).reshape(-1)
+    g = _a2a(plan, _scatter_buckets(plan, grads, dest, slot, cap, 0)).reshape(u.shape[0], -1)
     if data not in s.axes and plan.data_gather:  # replicas of this shard on other data shards
       u, g = jax.lax.all_gather(u, data, tiled=True), jax.lax.all_gather(g, data, tiled=True)
     local, mine = s.owner_local(u, plan.vocab)[1], valid(plan, u)
-  return jnp.where(mine, local, plan.rows), jnp.where(mine[:, None], g, 0)
+  return jnp.where(mine, local, plan.rows), jnp.where(mine[:, None], g, 0), dropped
 
 
 # ---- forward and the two backward passes ----
@@ -208,7 +218,7 @@ def forward(plan: Plan, table: jax.Array, ids: jax.Array) -> jax.Array:
 
 def _table_cotangent(plan: Plan, table_shape, ids: jax.Array, g: jax.Array) -> jax.Array:
   def body(ids, g):
-    local, rows = route_to_owners(plan, ids.reshape(-1), g.reshape(ids.size, -1))
+    local, rows, _ = route_to_owners(plan, ids.reshape(-1), g.reshape(ids.size, -1))
     return jnp.zeros((plan.rows, g.shape[-1]), g.dtype).at[local].add(rows, mode="drop")
 
   if plan.local:

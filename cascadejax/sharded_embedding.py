@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from cascadejax import embedding_routing as routing
+
 PLACEMENTS = ("mod", "range")
 ROUTINGS = ("gather", "all_to_all")
 
@@ -48,6 +49,8 @@ class TableSharding:
     placement: "mod" or "range" (module docstring).
     routing: "gather" or "all_to_all" (module docstring).
     replicate_below: tables with fewer rows stay whole on every device (and train densely).
+    capacity_factor: all_to_all only: 0 = buckets hold every id (nothing dropped); f > 0 = each
+      bucket holds f times an even share of a device's ids, and ids past a full bucket are dropped.
     data_axis: the mesh axis batches are split over.
   """
 
@@ -56,6 +59,7 @@ class TableSharding:
   placement: str = "mod"
   routing: str = "gather"
   replicate_below: int = 0
+  capacity_factor: float = 0.0
   data_axis: str = "data"
 
   def shards(self, vocab: int) -> bool:
@@ -151,11 +155,13 @@ class RowGrads:
   Attributes:
     index: `[K S]` row of each shard's block (block k holds shard k's S slots; R or more = empty slot).
     grads: `[K S, D]` summed gradient of each row (zeros in empty slots).
+    dropped: int32 scalar, the looked-up ids that overflowed an all-to-all bucket (summed over devices).
     local: True when computed without a mesh (then `index` addresses the whole physical table).
   """
 
   index: jax.Array
   grads: jax.Array
+  dropped: jax.Array
   local: bool = flax.struct.field(pytree_node=False, default=False)
 
 
@@ -176,13 +182,14 @@ def owner_row_grads(ids: jax.Array, tap_grads: jax.Array, sharding: TableShardin
   if plan.local:
     size = sharding.num_shards * plan.rows
     idx = jnp.where(routing.valid(plan, flat_ids), sharding.physical_index(flat_ids, vocab), size)
-    return RowGrads(*routing.dedup(idx, flat_grads, size), local=True)
+    return RowGrads(*routing.dedup(idx, flat_grads, size), dropped=jnp.int32(0), local=True)
 
   def body(ids, g):
-    return routing.dedup(*routing.route_to_owners(plan, ids, g), plan.rows)
+    local, rows, dropped = routing.route_to_owners(plan, ids, g)
+    return *routing.dedup(local, rows, plan.rows), jax.lax.psum(dropped, tuple(dict(plan.sizes)))
 
   rows_spec, data_spec = routing.specs(plan)
-  return RowGrads(*routing.smap(body, (data_spec, data_spec), (rows_spec, rows_spec))(flat_ids, flat_grads))
+  return RowGrads(*routing.smap(body, (data_spec, data_spec), (rows_spec, rows_spec, P()))(flat_ids, flat_grads))
 
 
 def update_rows(table: jax.Array, state: Any, grads: RowGrads, rule: Callable, sharding: TableSharding,

@@ -127,6 +127,8 @@ class SparseEmbedding:
     rows = {}
     for c, t, vocab in self.tables:
       rows.setdefault(c, {})[t] = sharded_embedding.owner_row_grads(ids[t], g_taps[c][t], self.sharding, vocab)
+    if self.sharding.capacity_factor > 0:  # ids that overflowed an all-to-all bucket this step
+      aux = {**aux, "embedding/dropped_ids": sum(r.dropped for by_name in rows.values() for r in by_name.values())}
     return (loss, aux), SparseGrads(dense=g_dense, rows=rows)
 
   def global_norm(self, grads: SparseGrads) -> jax.Array:

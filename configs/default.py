@@ -66,6 +66,7 @@ def get_config() -> ConfigDict:
   c.embedding.placement = "mod"  # "mod": row r on shard r mod K; "range": on shard r div ceil(V / K)
   c.embedding.routing = "gather"  # ids to their rows' owners: "gather" (all-gather + psum) or "all_to_all"
   c.embedding.replicate_below = 100_000  # rows
+  c.embedding.capacity_factor = 0.0  # all_to_all: 0 = exact buckets; f > 0 = f x even share, overflow dropped
 
   # ---- training method (cascadejax/losses/cascade/) ----
   c.method = ConfigDict()

@@ -144,6 +144,7 @@ def test_coupled_weight_decay_uses_the_row():
     ("shard_axes", ("expert",), "config.embedding.shard_axes"),
     ("shard_axes", (), "config.embedding.shard_axes"),
     ("replicate_below", -1, "config.embedding.replicate_below"),
+    ("capacity_factor", -0.5, "config.embedding.capacity_factor"),
 ])
 def test_config_errors(key, value, match):
   c = tiny_config()
