@@ -3,12 +3,13 @@
 With `config.embedding.sharded`, `Experiment` hands its loss to `SparseEmbedding.value_and_grad`
 instead of `jax.value_and_grad`. The sharded tables are then not differentiated at all: each
 sharded lookup receives a zero "tap" `[B, T, D]` (through the `embedding_grads` variable
-collection) whose cotangent carries the row gradients of the batch's unique ids
-(`cascadejax.sharded_embedding.lookup`). Those are routed to the owning shards and deduplicated
+collection) whose cotangent carries the gradient of every id the batch looked up
+(`cascadejax.sharded_embedding.lookup`). Those are routed to the owning shards and summed per row
 (`RowGrads`), and `apply` updates exactly those rows with the row-wise rule of
 `cascadejax.row_optimizer`, while every other parameter (stage models, method parameters, tables
 below the replication threshold) goes through the dense optax optimizer. Gradient clipping uses the
 global norm of both parts together, as `optax.clip_by_global_norm` would on the dense gradient.
+With a bounded all-to-all (`capacity_factor > 0`) the step's metrics gain `embedding/dropped_ids`.
 
 Optimizer state: `{"dense": optax state of the dense parameters, "rows": collection -> table ->
 row-rule state laid out like the table, "count": updates applied}`; `count` drives the row rules'
