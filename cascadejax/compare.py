@@ -81,8 +81,7 @@ def run_one(config: ConfigDict, workdir: str) -> dict:
   """Trains one run unless its workdir already holds the final report; returns report + wall time."""
   wall_path = os.path.join(workdir, WALL_FILE)
   if os.path.exists(os.path.join(workdir, "config.json")):
-    saved, wanted = configuration.flatten(configuration.load(workdir)), configuration.flatten(config)
-    changed = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+    changed = configuration.differing_keys(configuration.load(workdir), config)
     if changed:
       raise ValueError(f"compare: {workdir} holds a run of a different config (config.{changed[0]}, "
                        f"{len(changed)} key(s) differ); use another --out")

@@ -185,6 +185,22 @@ def load(workdir: str) -> ConfigDict:
     return ConfigDict(plain(json.load(f)))
 
 
+# Keys added after runs were already being saved, with the value that reproduces what a run saved
+# before them did: a saved config without such a key is read as holding this value, so adding an
+# option never makes an old workdir (or a comparison's finished runs) unresumable.
+ADDED_KEYS = {
+    "embedding.sharded": False, "embedding.shard_axes": ("model",), "embedding.placement": "mod",
+    "embedding.routing": "gather", "embedding.replicate_below": 100_000, "embedding.capacity_factor": 0.0,
+}
+
+
+def differing_keys(saved: ConfigDict | dict, current: ConfigDict | dict) -> list[str]:
+  """Sorted flattened keys whose values differ between a saved and a current config (`ADDED_KEYS`
+  missing from the saved one count as their listed value)."""
+  a, b = {**ADDED_KEYS, **flatten(saved)}, flatten(current)
+  return sorted(k for k in set(a) | set(b) if a.get(k, "<missing>") != b.get(k, "<missing>"))
+
+
 def check_resumable(saved: ConfigDict, current: ConfigDict, workdir: str) -> list[str]:
   """Compares a workdir's saved config with the current one.
 
@@ -194,8 +210,8 @@ def check_resumable(saved: ConfigDict, current: ConfigDict, workdir: str) -> lis
   Raises:
     ValueError: listing every other differing key, since resuming would mix two experiments.
   """
-  a, b = flatten(saved), flatten(current)
-  changed = sorted(k for k in set(a) | set(b) if a.get(k, "<missing>") != b.get(k, "<missing>"))
+  a, b = {**ADDED_KEYS, **flatten(saved)}, flatten(current)
+  changed = differing_keys(saved, current)
   bad = [k for k in changed if k not in RESUMABLE_CHANGES]
   if bad:
     lines = "\n".join(f"  config.{k}: {a.get(k, '<missing>')!r} in the workdir, {b.get(k, '<missing>')!r} now"

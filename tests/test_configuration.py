@@ -97,3 +97,16 @@ def test_every_shipped_config_validates(path):
   config = configuration.from_file(path)
   configuration.validate(config)
   assert config.method.name in config.method, f"{path}: the config should spell out its method's options"
+
+
+def test_a_run_saved_before_an_added_key_resumes_only_with_its_old_value(tmp_path):
+  # A workdir saved before the row-sharding keys existed: no config.embedding.sharded etc.
+  old = tiny_config()
+  for key in [k.split(".", 1)[1] for k in configuration.ADDED_KEYS if k.startswith("embedding.")]:
+    del old.embedding[key]
+  configuration.save(old, str(tmp_path))
+  current = tiny_config()
+  assert configuration.check_resumable(configuration.load(str(tmp_path)), current, str(tmp_path)) == []
+  current.embedding.sharded = True  # a behaviour the old run never had
+  with pytest.raises(ValueError, match=r"config.embedding.sharded: False in the workdir, True now"):
+    configuration.check_resumable(configuration.load(str(tmp_path)), current, str(tmp_path))
