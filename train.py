@@ -6,8 +6,13 @@ Running the same command on a workdir that holds a checkpoint resumes the run.
 
 On multi-host pods and clusters (tpu_scripts/, gpu_scripts/, docs/launch.md) every host runs this same
 command with `CASCADEJAX_DISTRIBUTED=1`: `jax.distributed.initialize()` then finds the other processes
-itself (TPU VM metadata, SLURM variables, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
-JAX_PROCESS_ID) before any device is touched.
+itself (TPU VM metadata, SLURM variables) before any device is touched. Anywhere else, give it
+JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID, e.g. two
+processes on one machine:
+
+  export CASCADEJAX_DISTRIBUTED=1 JAX_COORDINATOR_ADDRESS=127.0.0.1:1234 JAX_NUM_PROCESSES=2
+  JAX_PROCESS_ID=0 python train.py --config ... --workdir W &
+  JAX_PROCESS_ID=1 python train.py --config ... --workdir W
 """
 
 import os
@@ -24,6 +29,22 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _env_int(name: str) -> int | None:
+  value = os.environ.get(name)
+  if value is None:
+    return None
+  try:
+    return int(value)
+  except ValueError:
+    raise app.UsageError(f"{name} must be an integer, got {value!r}") from None
+
+
+def initialize_distributed() -> None:
+  """`jax.distributed.initialize()`, with JAX_NUM_PROCESSES / JAX_PROCESS_ID when set (JAX itself
+  reads JAX_COORDINATOR_ADDRESS, and finds all three on TPU VMs and under SLURM)."""
+  jax.distributed.initialize(num_processes=_env_int("JAX_NUM_PROCESSES"), process_id=_env_int("JAX_PROCESS_ID"))
+
+
 def main(argv):
   """Parses flags and the config file, then trains and evaluates."""
   if len(argv) > 1:
@@ -31,7 +52,7 @@ def main(argv):
   if os.environ.get("CASCADEJAX_DISTRIBUTED", "0") not in ("0", "1"):
     raise app.UsageError(f"CASCADEJAX_DISTRIBUTED must be 0 or 1, got {os.environ['CASCADEJAX_DISTRIBUTED']!r}")
   if os.environ.get("CASCADEJAX_DISTRIBUTED") == "1":
-    jax.distributed.initialize()
+    initialize_distributed()
   trainer.quiet_library_logs()
   trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

@@ -2,6 +2,7 @@
 
   python benchmarks/embedding.py [--rows 2000000] [--dim 64] [--batch 4096] [--bag 32]
                                  [--devices 1,2,4,8] [--routings gather,all_to_all,all_to_all:2] [--iters 5]
+                                 [--platform cpu|cuda|tpu] [--peak-gbps GB/s]
 
 Workload: a `[rows, dim]` float32 table; each step looks up `batch` bags of `bag` ids (uniform over
 the table, so few repeat: the worst case for deduplication), mean-pools each bag, and takes the
@@ -21,6 +22,11 @@ state donated, timed (median of --iters) after warm-up steps. Columns: ms per lo
 (lookup + gradient + update), ids/s of the full step, the process's peak RSS (table, optimizer
 state and runtime) and XLA's temporary buffers of the step. Forced CPU devices share this machine's
 cores, so the device columns show the cost of the routing, not a speed-up.
+
+Bandwidth: `lookup GB/s` is the bytes of the rows a lookup gathers (batch x bag x dim x 4) over
+its time. On an accelerator (`--platform cuda` or `tpu`: real devices, so `--devices` must not
+exceed the machine's), `--peak-gbps` (the device's memory bandwidth from its data sheet, e.g. 3350
+for an H100 SXM) adds that figure as a fraction of the peak.
 """
 
 from __future__ import annotations
@@ -122,7 +128,8 @@ def run_case(kind: str, devices: int, routing: str, a: argparse.Namespace) -> di
   step_ms = sorted(times)[len(times) // 2] * 1e3  # median: other processes share these cores
   dropped = int(state[3]) if kind == "sparse" else 0
   return {"kind": kind, "devices": devices, "routing": routing if kind == "sparse" else "-", "dropped_ids": dropped,
-          "lookup_ms": lookup_ms, "step_ms": step_ms, "ids_per_s": a.batch * a.bag / step_ms * 1e3,
+          "device_kind": jax.devices()[0].device_kind, "lookup_ms": lookup_ms,
+          "lookup_gbps": a.batch * a.bag * a.dim * 4 / lookup_ms / 1e6, "step_ms": step_ms, "ids_per_s": a.batch * a.bag / step_ms * 1e3,
           "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "temp_gb": temp / 2**30}
 
 
@@ -136,6 +143,8 @@ def main() -> None:
   p.add_argument("--devices", default="1,2,4,8")
   p.add_argument("--routings", default="gather,all_to_all,all_to_all:2", help="all_to_all:F = capacity factor F")
   p.add_argument("--iters", type=int, default=5)
+  p.add_argument("--platform", default="cpu", help="cpu (forced devices) or an accelerator: cuda, tpu")
+  p.add_argument("--peak-gbps", type=float, default=0.0, help="device memory bandwidth, to report lookup GB/s against")
   p.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: kind,devices,routing
   a = p.parse_args()
   if a.case:
@@ -148,11 +157,15 @@ def main() -> None:
         f"{a.batch * a.bag:,} ids per step", flush=True)
   cases = [("dense", 1, "-")] + [("sparse", int(n), r) for n in a.devices.split(",") for r in a.routings.split(",")]
   results = []
-  header = (f"{'path':8} {'dev':>4} {'routing':13} {'lookup ms':>10} {'step ms':>9} {'ids/s':>12} {'peak RSS GB':>12} "
-            f"{'temp GB':>8} {'dropped':>8}")
+  header = (f"{'path':8} {'dev':>4} {'routing':13} {'lookup ms':>10} {'lookup GB/s':>12} {'step ms':>9} {'ids/s':>12} "
+            f"{'peak RSS GB':>12} {'temp GB':>8} {'dropped':>8}")
   print(header, flush=True)
   for kind, n, routing in cases:
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "JAX_PLATFORMS": a.platform}
+    if a.platform == "cpu":
+      env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n}"
+    else:  # real devices: the first n of them
+      env["CUDA_VISIBLE_DEVICES" if a.platform == "cuda" else "TPU_VISIBLE_CHIPS"] = ",".join(map(str, range(n)))
     args = [sys.executable, os.path.abspath(__file__), f"--case={kind},{n},{routing}"] + [
         f"--{k}={getattr(a, k)}" for k in ("rows", "dim", "batch", "bag", "iters")]
     out = subprocess.run(args, env=env, capture_output=True, text=True)
@@ -161,8 +174,13 @@ def main() -> None:
       continue
     r = json.loads(out.stdout.strip().splitlines()[-1])
     results.append(r)
-    print(f"{kind:8} {n:>4} {r['routing']:13} {r['lookup_ms']:>10.1f} {r['step_ms']:>9.1f} {r['ids_per_s']:>12,.0f} "
+    print(f"{kind:8} {n:>4} {r['routing']:13} {r['lookup_ms']:>10.1f} {r['lookup_gbps']:>12.2f} {r['step_ms']:>9.1f} "
+          f"{r['ids_per_s']:>12,.0f} "
           f"{r['peak_rss_gb']:>12.2f} {r['temp_gb']:>8.2f} {r['dropped_ids']:>8}", flush=True)
+  if a.peak_gbps > 0:
+    for r in results:
+      print(f"{r['kind']} {r['devices']} dev {r['routing']}: lookup at {r['lookup_gbps'] / a.peak_gbps:.1%} of "
+            f"{a.peak_gbps:,.0f} GB/s ({r['device_kind']})")
   dense = next((r for r in results if r["kind"] == "dense"), None)
   if dense:
     for r in results:

@@ -47,9 +47,10 @@ POSITIVE = ("data.list_size", "cascade.gt_num", "embedding.dim", "train.batch_si
 OPTIMIZERS = ("adam", "adamw", "sgd", "adagrad")
 SCHEDULES = ("constant", "cosine")
 # Keys a resumed run may change without changing what it computes (train.steps changes the
-# learning-rate schedule's length, which is the user's explicit choice).
+# learning-rate schedule's length, which is the user's explicit choice; mesh.shape moves the run
+# to another device count, `Experiment.restore`).
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.eval_every", "train.eval_batch_size",
-                     "train.checkpoint_every", "train.keep_checkpoints", "train.progress_bar")
+                     "train.checkpoint_every", "train.keep_checkpoints", "train.progress_bar", "mesh.shape")
 
 
 def _get(config: ConfigDict, dotted: str) -> Any:

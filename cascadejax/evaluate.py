@@ -1,5 +1,7 @@
 """Evaluates a workdir's checkpoint: `python -m cascadejax.evaluate --workdir W [--split test] [--step N]`.
 
+`--mesh_shape=1,1` reads a checkpoint written on more devices than this machine has (docs/sharding.md).
+
 Rebuilds the run from `W/config.json`, restores the latest (or the given) checkpoint, runs the
 jitted evaluation over the split, prints the metrics as JSON and appends them to `W/metrics.jsonl`
 (with `"source": "evaluate"`).
@@ -30,16 +32,40 @@ from cascadejax.experiment import Experiment
 from cascadejax.metric_writer import MetricWriter
 
 
-def restore(workdir: str, step: int | None = None):
-  """`(experiment, state)` of a workdir's checkpoint (latest unless `step` is given)."""
-  exp = Experiment.build(configuration.load(workdir))
+def restore(workdir: str, step: int | None = None, mesh_shape: tuple[int, ...] | None = None):
+  """`(experiment, state)` of a workdir's checkpoint (latest unless `step` is given).
+
+  Args:
+    workdir: a workdir written by train.py.
+    step: the checkpoint's step (default: the latest).
+    mesh_shape: overrides the saved `config.mesh.shape`, to read a checkpoint on another device
+      count, e.g. `(1, 1)` for one written on a (2 data x 4 model) mesh (`Experiment.restore`).
+  """
+  config = configuration.load(workdir)
+  if mesh_shape is not None:
+    config.mesh.shape = tuple(mesh_shape)
   directory = os.path.join(workdir, "checkpoints")
   checkpointer = Checkpointer(directory)
   if checkpointer.latest_step() is None:
     raise FileNotFoundError(f"no checkpoint in {directory}: train first with train.py --workdir {workdir}")
-  state = checkpointer.restore(exp.abstract_state(), step=step)
+  try:
+    exp = Experiment.build(config)
+  except ValueError as e:
+    if "config.mesh.shape" not in str(e):
+      raise
+    raise ValueError(f"{e}; the checkpoint in {directory} can be read on this machine's devices with "
+                     "--mesh_shape (e.g. --mesh_shape=1,1 or -1)") from e
+  state = exp.restore(checkpointer, step=step)
   checkpointer.close()
   return exp, state
+
+
+def mesh_shape_arg(text: str) -> tuple[int, ...]:
+  """Parses a `--mesh_shape` flag: comma-separated axis sizes, e.g. "1,1" or "-1,4"."""
+  try:
+    return tuple(int(v) for v in text.split(","))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"--mesh_shape expects comma-separated ints, got {text!r}") from None
 
 
 def rerank_metrics(exp: Experiment, params: Any, split: str = "test",
@@ -88,13 +114,14 @@ def rerank_metrics(exp: Experiment, params: Any, split: str = "test",
 
 
 def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None,
-                     rerank_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+                     rerank_overrides: dict[str, Any] | None = None,
+                     mesh_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
   """Evaluates the checkpoint and appends the report to `metrics.jsonl`; returns the report.
 
   The report includes `rerank_metrics` when `config.rerank.method` is not "none" or
-  `rerank_overrides` are given.
+  `rerank_overrides` are given. `mesh_shape` is as in `restore`.
   """
-  exp, state = restore(workdir, step)
+  exp, state = restore(workdir, step, mesh_shape)
   metrics_ = exp.evaluate(state.params["cascade"], split)
   if rerank_overrides or exp.config.get("rerank", {}).get("method", "none") != "none":
     metrics_.update(rerank_metrics(exp, state.params["cascade"], split, rerank_overrides))
@@ -110,6 +137,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--workdir", required=True, help="a workdir written by train.py")
   parser.add_argument("--split", default="test", help="data split to evaluate on (default: test)")
   parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+  parser.add_argument("--mesh_shape", type=mesh_shape_arg, default=None,
+                      help="mesh axis sizes overriding the saved config.mesh.shape, e.g. 1,1 (default: as saved)")
   parser.add_argument("--rerank", action="append", default=[], metavar="KEY=VALUE",
                       help="re-ranking option overriding config.rerank (repeatable), e.g. method=mmr")
   args = parser.parse_args(argv)
@@ -122,7 +151,8 @@ def main(argv: list[str] | None = None) -> None:
       overrides[key] = ast.literal_eval(value)
     except (ValueError, SyntaxError):
       overrides[key] = value  # a bare string such as mmr
-  print(json.dumps(evaluate_workdir(args.workdir, args.split, args.step, overrides or None), indent=2))
+  print(json.dumps(evaluate_workdir(args.workdir, args.split, args.step, overrides or None, args.mesh_shape),
+                   indent=2))
 
 
 if __name__ == "__main__":

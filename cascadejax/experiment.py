@@ -19,6 +19,7 @@ from ml_collections import ConfigDict
 
 from cascadejax import cascade as cascade_lib
 from cascadejax import configuration, data as data_lib, metrics, row_optimizer, sharding
+from cascadejax.checkpoint import Checkpointer
 from cascadejax.data import pipeline
 from cascadejax.data.schema import CascadeBatch, CascadeData
 from cascadejax.losses.cascade import CascadeMethod, get_method
@@ -138,6 +139,26 @@ class Experiment:
     """Shapes, dtypes and shardings of the state, for restoring checkpoints."""
     shapes = jax.eval_shape(self._init, self._keys()[0])
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, self.state_sharding)
+
+  # ---- checkpoints ----
+  def layout(self) -> dict[str, Any]:
+    """How this run lays out its state, saved with every checkpoint (see `restore`)."""
+    shards = None if self.sparse is None else self.sparse.sharding.num_shards
+    return {"devices": self.mesh.size, "processes": jax.process_count(), "embedding_shards": shards}
+
+  def restore(self, checkpointer: Checkpointer, data_iterator: Any = None, step: int | None = None) -> TrainState:
+    """The state of a checkpoint (latest unless `step`), on this run's mesh and shardings.
+
+    The checkpoint may come from another device or process count: arrays are read onto this mesh,
+    and row-sharded tables saved with another shard count are converted to this one's layout
+    (`SparseEmbedding.relayout`), so every logical row keeps its values and optimizer state.
+    """
+    saved = (checkpointer.layout(step) or {}).get("embedding_shards")
+    if self.sparse is None or saved in (None, self.sparse.sharding.num_shards):
+      return checkpointer.restore(self.abstract_state(), data_iterator, step)
+    old = dataclasses.replace(self.sparse.sharding, num_shards=saved)
+    state = checkpointer.restore(self.sparse.saved_abstract(self.abstract_state(), old), data_iterator, step)
+    return jax.jit(functools.partial(self.sparse.relayout, saved=old), out_shardings=self.state_sharding)(state)
 
   # ---- steps ----
   @functools.cached_property

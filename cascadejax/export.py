@@ -1,5 +1,7 @@
 """Serving export: `python -m cascadejax.export --workdir W --out D [--step N] [--platforms cpu,cuda]`.
 
+`--mesh_shape=1,1` reads a checkpoint written on more devices than this machine has (docs/sharding.md).
+
 Writes, for every stage, its scoring function serialized with `jax.export` (batch size, list size
 and history length symbolic) and its parameters, plus a manifest:
 
@@ -118,15 +120,17 @@ def load(directory: str) -> ExportedCascade:
 
 def main(argv: list[str] | None = None) -> None:
   """Command-line entry point (see the module docstring)."""
-  from cascadejax.evaluate import restore  # noqa: PLC0415 (the loader needs none of the training code)
+  from cascadejax.evaluate import mesh_shape_arg, restore  # noqa: PLC0415 (the loader needs none of the training code)
 
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", required=True, help="a workdir written by train.py")
   parser.add_argument("--out", required=True, help="directory to write the artifacts to")
   parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+  parser.add_argument("--mesh_shape", type=mesh_shape_arg, default=None,
+                      help="mesh axis sizes overriding the saved config.mesh.shape, e.g. 1,1 (default: as saved)")
   parser.add_argument("--platforms", default="cpu", help="comma-separated: any of cpu, cuda, rocm, tpu")
   args = parser.parse_args(argv)
-  exp, state = restore(args.workdir, args.step)
+  exp, state = restore(args.workdir, args.step, args.mesh_shape)
   manifest = export_cascade(exp.cascade, state.params["cascade"], args.out, gt_num=exp.config.cascade.gt_num,
                             platforms=tuple(args.platforms.split(",")), step=int(state.step))
   print(json.dumps(manifest, indent=2))

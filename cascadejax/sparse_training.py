@@ -89,17 +89,45 @@ class SparseEmbedding:
     rows = jax.tree.map(self.rule.init, tables)
     return {"dense": self.dense_tx.init(dense), "rows": rows, "count": jnp.zeros([], jnp.int32)}
 
+  def _vocab(self, path: tuple) -> int | None:
+    """The vocabulary of the sharded table a `TrainState` leaf belongs to (the table itself or its
+    row-rule state), or None for every other leaf."""
+    names = tuple(getattr(k, "key", getattr(k, "name", None)) for k in path)
+    if names[:2] not in (("params", "cascade"), ("opt_state", "rows")):
+      return None
+    return next((v for c, t, v in self.tables if names[2:4] == (c, t)), None)
+
   def state_sharding(self, abstract_state: Any, mesh: Mesh) -> Any:
     """Shardings for a `TrainState`-shaped tree: tables and their row states split over rows."""
     rows, rep = NamedSharding(mesh, P(self.sharding.axes)), NamedSharding(mesh, P())
-    keys = {(c, t) for c, t, _ in self.tables}
+    return jax.tree_util.tree_map_with_path(lambda path, _: rep if self._vocab(path) is None else rows,
+                                            abstract_state)
 
-    def pick(path, _):
-      names = tuple(getattr(k, "key", getattr(k, "name", None)) for k in path)
-      split = names[:2] in (("params", "cascade"), ("opt_state", "rows")) and names[2:4] in keys
-      return rows if split else rep
+  # ---- checkpoints saved with another shard count ----
+  def saved_abstract(self, abstract_state: Any, saved: sharded_embedding.TableSharding) -> Any:
+    """`abstract_state` with every sharded table (and row state) in the `[K' R', D]` layout of
+    `saved`, to read such a checkpoint: split over rows where K' R' divides evenly, else whole."""
+    k = self.sharding.num_shards
 
-    return jax.tree_util.tree_map_with_path(pick, abstract_state)
+    def leaf(path, x):
+      vocab = self._vocab(path)
+      if vocab is None:
+        return x
+      rows = saved.num_shards * saved.rows_per_shard(vocab)
+      spec = P(self.sharding.axes) if rows % k == 0 else P()
+      return jax.ShapeDtypeStruct((rows,) + x.shape[1:], x.dtype, sharding=NamedSharding(x.sharding.mesh, spec))
+
+    return jax.tree_util.tree_map_with_path(leaf, abstract_state)
+
+  def relayout(self, state: Any, saved: sharded_embedding.TableSharding) -> Any:
+    """Moves every sharded table and its row state from the layout of `saved` to this one's
+    (`to_logical` then `to_physical`: each logical row keeps its values); jit it with the state's
+    shardings."""
+    def leaf(path, x):
+      vocab = self._vocab(path)
+      return x if vocab is None else self.sharding.to_physical(saved.to_logical(x, vocab))
+
+    return jax.tree_util.tree_map_with_path(leaf, state)
 
   # ---- gradients ----
   def _ids(self, batch: Any) -> dict[str, jax.Array]:

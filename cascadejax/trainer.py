@@ -84,13 +84,14 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), every=cfg.checkpoint_every,
                               keep=cfg.keep_checkpoints)
   resumed = checkpointer.latest_step() is not None
-  state = checkpointer.restore(exp.abstract_state(), batches) if resumed else exp.init_state()
+  state = exp.restore(checkpointer, batches) if resumed else exp.init_state()
   start = int(jax.device_get(state.step))
   if start > cfg.steps:
     raise ValueError(f"config.train.steps={cfg.steps} is below step {start} of the checkpoint in "
                      f"{checkpointer.directory}; raise it or use a new --workdir")
   if resumed:
-    logging.info("resumed from step %d of %s", start, checkpointer.directory)
+    logging.info("resumed from step %d of %s (saved with layout %s, now %s)", start, checkpointer.directory,
+                 checkpointer.layout(start), exp.layout())
   if is_main:
     configuration.save(config, workdir)
   writer = MetricWriter(workdir, resume_step=start if resumed else None, enabled=is_main)
@@ -118,7 +119,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
       writer.write(done, exp.evaluate(state.params["cascade"], "test"), split="test", final=False)
     if done % cfg.checkpoint_every == 0 or done == cfg.steps:
       _check_finite(state, checkpointer)
-      checkpointer.save(done, state, batches, force=done == cfg.steps)
+      checkpointer.save(done, state, batches, layout=exp.layout(), force=done == cfg.steps)
     if done % cfg.log_every == 0:
       tick, tick_step = time.perf_counter(), done  # throughput excludes evaluation and saving
   bar.close()

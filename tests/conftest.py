@@ -1,4 +1,11 @@
-"""Shared fixtures: a tiny synthetic cascade that trains in seconds."""
+"""Shared fixtures: a tiny synthetic cascade that trains in seconds; a child pytest on forced devices."""
+
+import contextlib
+import functools
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
 
 import pytest
 from ml_collections import ConfigDict
@@ -38,3 +45,49 @@ def tiny_config(num_stages: int = 2) -> ConfigDict:
 @pytest.fixture
 def config() -> ConfigDict:
   return tiny_config()
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_on_cpu_devices(cases_file: str, devices: int, report_dir) -> dict[str, str | None]:
+  """Runs the tests of `tests/<cases_file>` in a child pytest with `devices` forced CPU devices (a
+  process's device count is fixed once JAX starts). Returns {test name: failure text or None};
+  the variants of a parametrized test are reported together."""
+  report = os.path.join(str(report_dir), "junit.xml")
+  env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}").strip()}
+  proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
+                         os.path.join(ROOT, "tests", cases_file)],
+                        env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  if not os.path.exists(report):
+    pytest.fail(f"the {devices}-device child pytest did not run:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+  results = {}
+  for case in ET.parse(report).getroot().iter("testcase"):
+    problem = case.find("failure") if case.find("failure") is not None else case.find("error")
+    name = case.get("name").split("[")[0]
+    results.setdefault(name, None)
+    if problem is not None:
+      text = f"{case.get('name')}: {problem.get('message')}\n{problem.text}"
+      results[name] = f"{results[name]}\n{text}" if results[name] else text
+  return results
+
+
+def check_child_case(results: dict[str, str | None], case: str) -> None:
+  """Fails with the child's report unless `case` ran and passed there."""
+  assert case in results, f"{case} did not run in the child pytest"
+  if results[case]:
+    pytest.fail(results[case])
+
+
+@contextlib.contextmanager
+def mesh_devices(devices):
+  """Within the block, `Experiment.build` lays meshes over `devices` (a subset of this process's)."""
+  from cascadejax import sharding  # noqa: PLC0415 (keeps JAX's device setup out of plain conftest imports)
+
+  orig = sharding.make_mesh
+  sharding.make_mesh = functools.partial(orig, devices=devices)
+  try:
+    yield
+  finally:
+    sharding.make_mesh = orig

@@ -3,8 +3,6 @@ child pytest with `XLA_FLAGS=--xla_force_host_platform_device_count=8` (the name
 pytest from collecting it in a process whose devices are already fixed).
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +14,7 @@ from cascadejax import sharded_embedding as se
 from cascadejax import sharding
 from cascadejax.experiment import Experiment
 from cascadejax.row_optimizer import RowRule
-from tests.conftest import tiny_config
+from tests.conftest import mesh_devices, tiny_config
 
 V, D, B, T = 37, 3, 8, 5
 LAYOUTS = [(axes, placement, routing) for axes in (("model",), ("data", "model"))
@@ -166,12 +164,8 @@ def test_sparse_update_equals_optax_on_touched_rows(mesh, name, routing):
 
 
 def _train(config, devices, steps=3, evaluate=False):
-  orig = sharding.make_mesh
-  sharding.make_mesh = functools.partial(orig, devices=devices)
-  try:
+  with mesh_devices(devices):
     exp = Experiment.build(config)
-  finally:
-    sharding.make_mesh = orig
   state, split, log = exp.init_state(), exp.data.splits["train"], []
   for i in range(steps):
     batch = sharding.put_batch(split.take(slice(16 * i, 16 * (i + 1))), exp.mesh)

@@ -7,10 +7,6 @@ is fixed once JAX starts. Each of those is reported here as its own test.
 """
 
 import inspect
-import os
-import subprocess
-import sys
-import xml.etree.ElementTree as ET
 
 import jax
 import jax.numpy as jnp
@@ -23,39 +19,20 @@ from cascadejax.data.schema import FeatureSpec
 from cascadejax.embedding import EmbeddingCollection
 from cascadejax.row_optimizer import RowRule
 from tests import sharded_embedding_cases
-from tests.conftest import tiny_config
+from tests.conftest import check_child_case, run_on_cpu_devices, tiny_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = sorted(n for n, f in inspect.getmembers(sharded_embedding_cases, inspect.isfunction) if n.startswith("test_"))
 
 
 @pytest.fixture(scope="module")
 def eight_devices(tmp_path_factory):
   """Runs the 8-device cases once; returns {case name: failure text or None}."""
-  report = tmp_path_factory.mktemp("sharded") / "junit.xml"
-  env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()}
-  proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
-                         os.path.join(ROOT, "tests", "sharded_embedding_cases.py")],
-                        env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
-  if not report.exists():
-    pytest.fail(f"the 8-device child pytest did not run:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-  results = {}
-  for case in ET.parse(report).getroot().iter("testcase"):
-    problem = case.find("failure") if case.find("failure") is not None else case.find("error")
-    name = case.get("name").split("[")[0]
-    results.setdefault(name, None)
-    if problem is not None:  # parametrized cases: every failing variant is reported
-      text = f"{case.get('name')}: {problem.get('message')}\n{problem.text}"
-      results[name] = f"{results[name]}\n{text}" if results[name] else text
-  return results
+  return run_on_cpu_devices("sharded_embedding_cases.py", 8, tmp_path_factory.mktemp("sharded"))
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_on_eight_devices(eight_devices, case):
-  assert case in eight_devices, f"{case} did not run in the 8-device child"
-  if eight_devices[case]:
-    pytest.fail(eight_devices[case])
+  check_child_case(eight_devices, case)
 
 
 # ---- layout ----
