@@ -121,18 +121,20 @@ def summarize(rows: list[dict], methods: list[str]) -> list[dict]:
 
 
 def markdown(rows: list[dict], summary: list[dict], methods: list[str]) -> str:
-  """The comparison table: mean +/- std per method, and the paired difference to the first method."""
+  """The comparison table: mean +/- std per method (the mean alone for one seed), and the paired
+  difference to the first method."""
   stage_recalls = [n for n in metric_names(rows) if "/recall@" in n and not n.endswith("_random")]
   cols = ["recall_e2e"] + stage_recalls
   head = ["method", *[f"`{c}`" for c in cols], f"`recall_e2e` minus {methods[0]} (paired)", "wall time"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   ref = {r["seed"]: r["recall_e2e"] for r in rows if r["method"] == methods[0]}
   for s in summary:
-    cells = [f"`{s['method']}`"] + [f"{s[c + '_mean']:.4f} ± {s[c + '_std']:.4f}" for c in cols]
+    spread = lambda std, n: f" ± {std:.4f}" if n > 1 else ""  # one seed has no spread to show
+    cells = [f"`{s['method']}`"] + [f"{s[c + '_mean']:.4f}{spread(s[c + '_std'], s['seeds'])}" for c in cols]
     diffs = np.array([r["recall_e2e"] - ref[r["seed"]] for r in rows
                       if r["method"] == s["method"] and r["seed"] in ref])
     cells.append("" if s["method"] == methods[0] else
-                 f"{diffs.mean():+.4f} ± {diffs.std(ddof=1) if len(diffs) > 1 else 0.0:.4f} "
+                 f"{diffs.mean():+.4f}{spread(diffs.std(ddof=1) if len(diffs) > 1 else 0.0, len(diffs))} "
                  f"({(diffs > 0).sum()}/{len(diffs)} seeds better)")
     cells.append(f"{s['wall_s_mean']:.0f} s")
     lines.append("| " + " | ".join(cells) + " |")

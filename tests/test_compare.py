@@ -55,3 +55,16 @@ def test_method_specs_carry_option_overrides_and_runs_refuse_a_changed_config(tm
   compare.run_one(c, str(tmp_path))
   with pytest.raises(ValueError, match=r"holds a run of a different config \(config.method.lcron.temperature"):
     compare.run_one(compare.run_config(config, "lcron:temperature=4.0", 1), str(tmp_path))
+
+
+def test_table_shows_a_spread_only_when_there_is_one():
+  row = lambda method, seed, value: {"method": method, "seed": seed, "wall_s": 10.0, "recall_e2e": value,
+                                     "recall_e2e_random": 0.2, "rank/recall@2@4": value}
+  one = [row("independent", 0, 0.5), row("lcron", 0, 0.6)]
+  table = compare.markdown(one, compare.summarize(one, ["independent", "lcron"]), ["independent", "lcron"])
+  assert "±" not in table
+  assert "| `lcron` | 0.6000 | 0.6000 | +0.1000 (1/1 seeds better) | 10 s |" in table
+  two = one + [row("independent", 1, 0.7), row("lcron", 1, 0.6)]
+  table = compare.markdown(two, compare.summarize(two, ["independent", "lcron"]), ["independent", "lcron"])
+  # lcron: 0.6 both seeds; paired differences +0.1 and -0.1 (sample std 0.1414).
+  assert "| `lcron` | 0.6000 ± 0.0000 | 0.6000 ± 0.0000 | +0.0000 ± 0.1414 (1/2 seeds better) | 10 s |" in table
