@@ -1,5 +1,6 @@
 """The on-disk dataset cache (and the optional TFDS export): hits, misses, atomic writes, memory maps."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -54,10 +55,21 @@ def test_miss_then_hit_loads_equal_memory_mapped_data(tmp_path, caplog):
   assert f"cache miss: building {path}" in caplog.text and f"cache hit: {path}" in caplog.text
   for loaded in (first, second):
     _assert_same(build.data, loaded)
+    assert loaded.report == build.data.report
     assert loaded.splits["test"].feedback is None and loaded.splits["train"].feedback is not None
     for leaf in jax.tree.leaves(loaded.splits["train"]) + [loaded.request_ids["train"]]:
       assert isinstance(leaf, np.memmap) and not leaf.flags.writeable
   assert os.listdir(tmp_path) == [os.path.basename(path)]  # no temporary directory left behind
+
+
+def test_a_hit_repeats_what_the_build_dropped(tmp_path, caplog):
+  data = dataclasses.replace(_data(), report={"rows": 10, "dropped": {"bad_rows": 3, "clean": 0}})
+  cache.cached("toy", KEY, Builds(data), cache_dir=str(tmp_path))
+  with caplog.at_level(logging.WARNING):
+    hit = cache.cached("toy", KEY, Builds(data), cache_dir=str(tmp_path))
+  assert hit.report == data.report
+  assert "built with these rows dropped by documented filters: bad_rows 3" in caplog.text
+  assert "clean" not in caplog.text
 
 
 def test_key_change_rebuilds_into_another_entry(tmp_path):

@@ -221,11 +221,19 @@ def test_users_too_short_to_split_are_dropped_and_counted(tmp_path, caplog):
   d = write_1m(tmp_path, rows)
   with open(os.path.join(d, "users.dat"), "a") as f:
     f.write(f"{NUM_USERS + 1}::F::18::1::00000\n")
+  cfg = data_cfg(d, cache_dir=str(tmp_path / "cache"))
   with caplog.at_level("WARNING"):
-    data = movielens_cascade.load(data_cfg(d), 2)
+    data = movielens_cascade.load(cfg, 2)
   assert "dropped 1 users with fewer than 3 interactions (2 interactions)" in caplog.text
   for b in data.splits.values():
     assert NUM_USERS + 1 not in set(b.user["user_id"].tolist())
+  assert data.report["dropped"] == {"users_below_3_interactions": 1}
+  assert data.report["counts"]["rows"] == len(rows)
+  caplog.clear()
+  with caplog.at_level("WARNING"):  # a cache hit reads nothing, and still says what the build dropped
+    again = movielens_cascade.load(cfg, 2)
+  assert again.report == data.report
+  assert "built with these rows dropped by documented filters: users_below_3_interactions 1" in caplog.text
 
 
 def test_deterministic_in_the_seed(tmp_path):

@@ -153,8 +153,11 @@ def test_filters_are_counted_and_logged(hand, caplog):
   day = recflow.read_day(data_config(hand, max_requests_per_day=1), path, 2, ID_CNT)
   assert day["stats"]["requests_over_max"] == 1 and len(day["request_ids"]) == 1
   caplog.set_level(logging.INFO)
-  data_lib.load(cfg, 2)
+  data = data_lib.load(cfg, 2)
   assert "rows_in_no_group 3" in caplog.text and "candidates_over_per_group 1" in caplog.text
+  # The report sums each filter over the day files of both splits (here the same day twice each).
+  assert data.report["files"][path]["rows_in_no_group"] == 3
+  assert data.report["dropped"]["rows_in_no_group"] == sum(f["rows_in_no_group"] for f in data.report["files"].values())
 
 
 def test_sampling_is_seeded_and_ignores_row_order(tmp_path):

@@ -88,7 +88,7 @@ def _write(data: CascadeData, key: Mapping[str, Any], path: str) -> None:
     splits[split] = {"fields": sorted(cols), "has_feedback": batch.feedback is not None,
                      "requests": int(batch.batch_size)}
   meta = {"format_version": FORMAT_VERSION, "key": canonical(key), "num_stages": data.num_stages,
-          "features": [dataclasses.asdict(f) for f in data.features], "splits": splits}
+          "features": [dataclasses.asdict(f) for f in data.features], "splits": splits, "report": data.report}
   with open(os.path.join(path, "meta.json"), "w") as f:  # written last: its presence marks completion
     json.dump(meta, f, indent=1, sort_keys=True)
 
@@ -108,7 +108,8 @@ def _read(path: str) -> CascadeData:
         mask=cols["mask"], feedback=group("feedback.") if info["has_feedback"] else None)
     request_ids[split] = cols["request_ids"]
   features = tuple(FeatureSpec(**f) for f in meta["features"])
-  return CascadeData(features=features, num_stages=meta["num_stages"], splits=splits, request_ids=request_ids)
+  return CascadeData(features=features, num_stages=meta["num_stages"], splits=splits, request_ids=request_ids,
+                     report=meta.get("report", {}))
 
 
 def load_entry(path: str) -> CascadeData | None:
@@ -143,6 +144,10 @@ def cached(reader: str, key: Mapping[str, Any], build: Callable[[], CascadeData]
   data = load_entry(path)
   if data is not None:
     logging.info("cache hit: %s", path)
+    dropped = {k: v for k, v in data.report.get("dropped", {}).items() if v}
+    if dropped:  # repeated on every hit: a cached run drops exactly what the build did
+      logging.warning("%s: built with these rows dropped by documented filters: %s", path,
+                      ", ".join(f"{k} {v:,}" for k, v in sorted(dropped.items())))
     return data
   logging.info("cache miss: building %s", path)
   built = build()

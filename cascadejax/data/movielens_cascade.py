@@ -255,9 +255,12 @@ def simulate(ml: movielens.MovieLens, cfg: ConfigDict, num_stages: int) -> Casca
             "test": _requests(ml, per_user, test_users, "test", cfg, teachers, num_stages, test_rng)}
   logging.info("movielens: %s; %d train and %d test requests of %d candidates", ml.counts,
                len(train_users), len(test_users), cfg.list_size)
+  dropped = {k: v for k, v in ml.counts.items() if k in ("below_min_rating", "duplicates_merged")}
+  dropped.update(users_below_3_interactions=int((~kept).sum()))
+  report = {"counts": ml.counts, "dropped": dropped, "requests": {"train": len(train_users), "test": len(test_users)}}
   return CascadeData(features=features(ml, cfg), num_stages=num_stages, splits=splits,
                      request_ids={"train": np.arange(len(train_users)),
-                                  "test": len(train_users) + np.arange(len(test_users))})
+                                  "test": len(train_users) + np.arange(len(test_users))}, report=report)
 
 
 def load(cfg: ConfigDict, num_stages: int) -> CascadeData:

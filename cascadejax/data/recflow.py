@@ -334,8 +334,14 @@ def build(cfg: ConfigDict, num_stages: int, paths: dict[str, list[str]]) -> Casc
     a, b = order[twice[0]], order[twice[0] + 1]
     raise ValueError(f"{every[source[b]]['path']}: request_id {ids[a]} also appears in "
                      f"{every[source[a]]['path']}; a request must appear in one day file only")
+  dropped = {}
+  for d in every:
+    for k, v in d["stats"].items():
+      if k not in ("rows", "requests"):
+        dropped[k] = dropped.get(k, 0) + int(v)
+  report = {"files": {d["path"]: {k: int(v) for k, v in d["stats"].items()} for d in every}, "dropped": dropped}
   return CascadeData(features=features(cfg, id_cnt), num_stages=num_stages, splits=splits,
-                     request_ids=request_ids)
+                     request_ids=request_ids, report=report)
 
 
 def load(cfg: ConfigDict, num_stages: int) -> CascadeData:

@@ -89,12 +89,16 @@ class CascadeData:
     num_stages: S, the number of stages of the logged cascade (`stage` ranges over 0..S).
     splits: split name -> `CascadeBatch` whose leading dimension is the requests.
     request_ids: split name -> `[R]` request ids (disjoint across splits).
+    report: what the reader did, as JSON-able counts: rows read and, under "dropped", the rows
+      (users, candidates, ...) each documented filter removed, per source file where it applies.
+      The cache keeps it with the entry, so a cache hit reports the same counts as the build.
   """
 
   features: tuple[FeatureSpec, ...]
   num_stages: int
   splits: dict[str, CascadeBatch]
   request_ids: dict[str, np.ndarray]
+  report: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def table_sizes(features: tuple[FeatureSpec, ...]) -> dict[str, int]:
