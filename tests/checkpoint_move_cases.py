@@ -1,4 +1,4 @@
-"""Checkpoints moving between device counts (8 -> 1 and 1 -> 8); `tests/test_checkpoint_moves.py`
+"""Checkpoints moving between device counts (8 -> 1 and 1 -> 8); `tests/test_eight_devices.py`
 runs this file in a child pytest with 8 forced CPU devices.
 
 Each case trains 8 steps on one mesh, drops the last checkpoint (as if the run had been killed
@@ -49,7 +49,7 @@ def _close(got, want):
     ((2, 4), (1, 1), False, ("model",), "mod"),  # replicated parameters, 8 data-parallel devices -> 1
 ])
 def test_resume_on_another_device_count(tmp_path, monkeypatch, first, then, sharded, shard_axes, placement):
-  assert jax.device_count() == 8, "run through tests/test_checkpoint_moves.py (8 forced CPU devices)"
+  assert jax.device_count() == 8, "run through tests/test_eight_devices.py (8 forced CPU devices)"
   workdir = tmp_path / "moved"
   before = _run(_config(first, sharded, shard_axes, placement), workdir)
   shutil.rmtree(workdir / "checkpoints" / str(STEPS))

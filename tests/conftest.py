@@ -50,22 +50,22 @@ def config() -> ConfigDict:
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_on_cpu_devices(cases_file: str, devices: int, report_dir) -> dict[str, str | None]:
-  """Runs the tests of `tests/<cases_file>` in a child pytest with `devices` forced CPU devices (a
-  process's device count is fixed once JAX starts). Returns {test name: failure text or None};
-  the variants of a parametrized test are reported together."""
+def run_on_cpu_devices(cases_files: list[str], devices: int, report_dir) -> dict[str, str | None]:
+  """Runs the tests of `tests/<file>` for each of `cases_files` in one child pytest with `devices`
+  forced CPU devices (a process's device count is fixed once JAX starts). Returns
+  {"<module>.<test name>": failure text or None}; a parametrized test's variants are reported together."""
   report = os.path.join(str(report_dir), "junit.xml")
   env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}").strip()}
   proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
-                         os.path.join(ROOT, "tests", cases_file)],
+                         *[os.path.join(ROOT, "tests", f) for f in cases_files]],
                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
   if not os.path.exists(report):
     pytest.fail(f"the {devices}-device child pytest did not run:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
   results = {}
   for case in ET.parse(report).getroot().iter("testcase"):
     problem = case.find("failure") if case.find("failure") is not None else case.find("error")
-    name = case.get("name").split("[")[0]
+    name = f"{case.get('classname').split('.')[-1]}.{case.get('name').split('[')[0]}"
     results.setdefault(name, None)
     if problem is not None:
       text = f"{case.get('name')}: {problem.get('message')}\n{problem.text}"

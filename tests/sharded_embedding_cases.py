@@ -1,4 +1,4 @@
-"""Sharded embedding tests that need 8 devices; `tests/test_sharded_embedding.py` runs this file in a
+"""Sharded embedding tests that need 8 devices; `tests/test_eight_devices.py` runs this file in a
 child pytest with `XLA_FLAGS=--xla_force_host_platform_device_count=8` (the name keeps the parent
 pytest from collecting it in a process whose devices are already fixed).
 """
@@ -23,7 +23,7 @@ LAYOUTS = [(axes, placement, routing) for axes in (("model",), ("data", "model")
 
 @pytest.fixture(scope="module")
 def mesh():
-  assert jax.device_count() == 8, "run through tests/test_sharded_embedding.py (8 forced CPU devices)"
+  assert jax.device_count() == 8, "run through tests/test_eight_devices.py (8 forced CPU devices)"
   return Mesh(np.asarray(jax.devices()).reshape(2, 4), ("data", "model"))
 
 

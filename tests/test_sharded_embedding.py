@@ -1,12 +1,8 @@
 """Sharded embedding tables and the row-wise optimizer.
 
-Single-device checks run here; the 8-device ones (`tests/sharded_embedding_cases.py`: routed lookups
-and gradients against `jnp.take`, sparse updates against optax, a (2 data x 4 model) training run
-against one device) run in a child pytest with 8 forced CPU devices, since a process's device count
-is fixed once JAX starts. Each of those is reported here as its own test.
+Single-device checks run here; the 8-device ones (`tests/sharded_embedding_cases.py`) run in a
+child pytest with 8 forced CPU devices through `tests/test_eight_devices.py`.
 """
-
-import inspect
 
 import jax
 import jax.numpy as jnp
@@ -18,21 +14,7 @@ from cascadejax import configuration, sharded_embedding as se
 from cascadejax.data.schema import FeatureSpec
 from cascadejax.embedding import EmbeddingCollection
 from cascadejax.row_optimizer import RowRule
-from tests import sharded_embedding_cases
-from tests.conftest import check_child_case, run_on_cpu_devices, tiny_config
-
-CASES = sorted(n for n, f in inspect.getmembers(sharded_embedding_cases, inspect.isfunction) if n.startswith("test_"))
-
-
-@pytest.fixture(scope="module")
-def eight_devices(tmp_path_factory):
-  """Runs the 8-device cases once; returns {case name: failure text or None}."""
-  return run_on_cpu_devices("sharded_embedding_cases.py", 8, tmp_path_factory.mktemp("sharded"))
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_on_eight_devices(eight_devices, case):
-  check_child_case(eight_devices, case)
+from tests.conftest import tiny_config
 
 
 # ---- layout ----
