@@ -43,7 +43,7 @@ def _free_port() -> int:
 def _train(config_file, workdir, processes: int, devices_each: int) -> list[str]:
   """Runs train.py in `processes` processes with `devices_each` CPU devices each; returns their stderr."""
   base = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu",
-          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_each}"}
+          "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices_each}"}
   if processes > 1:
     base.update(CASCADEJAX_DISTRIBUTED="1", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}",
                 JAX_NUM_PROCESSES=str(processes))

@@ -53,6 +53,7 @@ from ml_collections import ConfigDict
 
 from cascadejax.data import cache
 from cascadejax.data import recflow_files as files
+from cascadejax.data.recflow_history import HISTORY_COLUMNS, history_name, read_history
 from cascadejax.data.schema import CascadeBatch, CascadeData, FeatureSpec
 
 FORMAT_VERSION = 1  # of this reader's output; part of the cache key
@@ -65,9 +66,6 @@ DEFAULT_GROUPS = {2: ("prerank_neg", "coarse_neg", "rank_neg", "rank_pos"),
 USER_FIELDS = ("user_id", "device_id", "age", "gender", "province")
 CONTEXT_FIELDS = {"request_hour": 24, "request_wday": 7}
 ITEM_FIELDS = ("video_id", "author_id", "category_level_one", "category_level_two", "upload_type")
-HISTORY_COLUMNS = {"video_id": 0, "author_id": 1, "category_level_two": 2, "category_level_one": 3,
-                   "upload_type": 4}
-HISTORY_TIME_COLUMN = 7
 BINARY_FEEDBACK = ("effective_view", "long_view", "like", "follow", "forward", "comment", "realshow")
 FEEDBACK = BINARY_FEEDBACK + ("playing_time",)
 
@@ -130,11 +128,6 @@ def features(cfg: ConfigDict, id_cnt: dict[str, int]) -> tuple[FeatureSpec, ...]
   if cfg.history_len:
     out += [FeatureSpec(history_name(f), "user", f, size(f), sequence=True) for f in cfg.history_fields]
   return tuple(out + [FeatureSpec(f, "items", f, size(f)) for f in cfg.item_fields])
-
-
-def history_name(field: str) -> str:
-  """The `CascadeBatch.user` key of the behaviour sequence of `field`."""
-  return "history" if field == "video_id" else f"history_{field}"
 
 
 def _paths(cfg: ConfigDict) -> dict[str, list[str]]:
@@ -263,40 +256,6 @@ def read_day(cfg: ConfigDict, path: str, num_stages: int, id_cnt: dict[str, int]
   return dict(path=path, request_ids=requests, first_rows=rows[first], user={f: user[f] for f in cfg.user_fields},
               items=items, stage=grid(np.minimum(d, num_stages), np.int32), label=grid(label, np.float32),
               mask=mask, feedback={f: grid(c[f], np.float32) for f in cfg.feedback}, stats=stats)
-
-
-def read_history(cfg: ConfigDict, path: str, day: dict, id_cnt: dict[str, int]) -> dict[str, np.ndarray]:
-  """`[R, history_len]` sequences of every `history_fields` field for the day's requests."""
-  seqs, length, width = files.load_pickle(path), cfg.history_len, HISTORY_TIME_COLUMN + 1
-  block = np.zeros((len(day["request_ids"]), length, width), np.int64)  # steps right-aligned
-  steps = np.zeros(len(day["request_ids"]), np.int64)  # each file sequence's length, for messages
-  where = lambda i: f"{path}: request_id {day['request_ids'][i]} (first row {day['first_rows'][i]} of {day['path']})"
-  for i, rid in enumerate(day["request_ids"].tolist()):
-    s = seqs.get(rid)
-    if s is None:
-      raise ValueError(f"{where(i)}: no behaviour sequence for this request")
-    s = np.asarray(s)
-    if s.ndim != 2 or s.shape[1] < width:
-      raise ValueError(f"{where(i)}: sequence must be [steps, >= {width}], got shape {s.shape}")
-    if s.dtype.kind not in "iu":
-      nan = np.argwhere(np.isnan(s)) if s.dtype.kind == "f" else ()
-      raise ValueError(f"{where(i)}: sequence step {nan[0, 0]} holds NaN" if len(nan) else
-                       f"{where(i)}: sequence must hold integers, got {s.dtype}")
-    steps[i] = len(s)
-    s = s[-length:, :width] if length else s[:0, :width]
-    block[i, length - len(s):] = s
-  valid = block[:, :, HISTORY_TIME_COLUMN] > 0
-  out = {}
-  for f in cfg.history_fields:
-    col = HISTORY_COLUMNS[f]
-    ids = block[:, :, col]
-    bad = valid & ((ids < 0) | (ids > id_cnt[f]))
-    if bad.any():
-      i, j = (int(v) for v in np.argwhere(bad)[0])
-      raise ValueError(f"{where(i)}: column {col} ({f}) step {int(steps[i]) - length + j}: ids must "
-                       f"lie in [0, {id_cnt[f]}] (others/id_cnt.pkl), got {ids[i, j]}")
-    out[history_name(f)] = np.where(valid, ids + 1, 0).astype(np.int32)
-  return out
 
 
 def _concat(days: list[dict], has_feedback: bool) -> CascadeBatch:
