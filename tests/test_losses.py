@@ -357,24 +357,41 @@ def test_bad_arguments_are_refused():
 
 # ----------------------------------------------------------------------------- the tiled kernel
 
+KERNEL_SPECS = {
+    "lambdarank@3": PairSpec(lambdarank=1.0, topn=3, scale=5.0),
+    "lambdaloss++@3": PairSpec(lambdarank=1.0, ndcg2=10.0, topn=3, scale=5.0),
+    "lambdaloss": PairSpec(ndcg2=1.0),
+    "ranknet_hinge": PairSpec(pair_loss="hinge", margin=0.5),
+}
+
+
+@pytest.mark.parametrize("spec_name", list(KERNEL_SPECS))
 @pytest.mark.parametrize("n", [1, 7, 8])
-def test_kernel_independent_of_tiling(n):
-  """Odd and even list sizes (the d = n / 2 offset pairs each pair once), any list tile, unroll and path,
-  arbitrary leading dims and vmap give the same losses and gradients."""
+def test_kernel_independent_of_tiling(n, spec_name):
+  """Odd and even list sizes (the d = n / 2 offset pairs each pair once), any list tile, unroll and path
+  (the cyclic scan is checked against rax above), arbitrary leading dims and vmap give the same losses
+  and gradients."""
   s, y, where, w = inputs(seed=8, shape=(3, 5, n))
   gains = losses.ndcg_gains(y, where=where, weights=w, topn=3)
-  spec = PairSpec(lambdarank=1.0, topn=3, scale=float(n))
+  spec = KERNEL_SPECS[spec_name]
   run = lambda s, **kw: tiled_pairwise_loss(s, y, where=where, weights=w, gains=gains, spec=spec, **kw)
-  variants = [dict(topn_rows=False), dict(topn_rows=False, list_tile=2, unroll=3)]
-  variants += [dict(topn_rows=True, list_tile=4)] if n > 3 else []
+  list_variants = [dict(path="cyclic"), dict(path="cyclic", list_tile=2, unroll=3),
+                   dict(path="dense"), dict(path="dense", list_tile=4)]
+  list_variants += [dict(path="topn_rows", list_tile=4)] if n > 3 and spec_name == "lambdarank@3" else []
+  item_variants = [dict(path="cyclic", per_item=True), dict(path="dense", per_item=True, list_tile=2)]
   per_list = jax.vmap(lambda s, y, v, w, g: tiled_pairwise_loss(s, y, where=v, weights=w, gains=g, spec=spec))
-  results = jax.jit(lambda s: ([jax.value_and_grad(lambda s: (run(s, **kw) ** 2).sum())(s) for kw in variants],
+  value_and_grad = lambda kw: jax.value_and_grad(lambda s: (run(s, **kw) ** 2).sum())(s)
+  results = jax.jit(lambda s: ([value_and_grad(kw) for kw in list_variants],
+                               [value_and_grad(kw) for kw in item_variants],
                                per_list(s, y, where, w, gains), run(s)))(s)
-  (ref, *others), vmapped, batched = results
-  for got in others:
-    np.testing.assert_allclose(got[0], ref[0], rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(got[1], ref[1], rtol=RTOL, atol=ATOL)
+  lists, items, vmapped, batched = results
+  for group in (lists, items):
+    for got in group[1:]:
+      np.testing.assert_allclose(got[0], group[0][0], rtol=RTOL, atol=ATOL)
+      np.testing.assert_allclose(got[1], group[0][1], rtol=RTOL, atol=ATOL)
   np.testing.assert_allclose(vmapped, batched, rtol=RTOL, atol=ATOL)
+  with pytest.raises(ValueError, match="path must be one of"):
+    run(s, path="blocked")
 
 
 def test_kernel_never_materialises_pair_tensors():

@@ -23,6 +23,12 @@ RankNet; |delta NDCG| for LambdaRank; NDCG-Loss2(++) for LambdaLoss). Built naiv
 When only LambdaRank's weight is used with a `topn` < n / 2, pairs with both ranks below topn have
 weight 0, so a second path visits only the rows p < topn (O(n * topn) pairs instead of n^2 / 2).
 
+The cyclic scan is the fast path on CPUs, where a small working set matters most. On a GPU its
+sequential offsets cost one small kernel each (about 50x slower than rax's dense pairs on an H100
+at n = 1000, benchmarks/RESULTS.md), so there a third path compares every sorted position with
+every later one at once, `[chunk, n, n]`, in chunks of about 64M pairs: rax's speed with bounded
+memory. `path="auto"` picks by the default backend.
+
 Gradients flow to `scores` only: labels, gains and weights are treated as constants, and the ranks
 (positions) are piecewise constant in the scores, as in LambdaRank and rax.
 """
@@ -37,7 +43,9 @@ import jax.numpy as jnp
 from jax import lax
 
 TILE_ELEMENTS = 1 << 14   # items per chunk of lists on the cyclic path (stays in a core's L2 cache)
-ROW_TILE_ELEMENTS = 1 << 18   # pairs per chunk on the top-n row path
+ROW_TILE_ELEMENTS = 1 << 18   # pairs per chunk on the top-n row path, on a CPU
+DENSE_TILE_ELEMENTS = 1 << 26   # pairs per chunk of the dense and top-n row paths on an accelerator
+PATHS = ("auto", "cyclic", "topn_rows", "dense")
 
 
 def dcg_discount(rank: jax.Array) -> jax.Array:
@@ -82,7 +90,8 @@ class _Config:
   per_item: bool
   list_tile: int | None
   unroll: int
-  use_topn_rows: bool
+  path: str   # "cyclic", "topn_rows" or "dense"
+  accelerator: bool
 
 
 def _pair_terms(spec, t, w, *, want_loss, want_grad):
@@ -172,17 +181,29 @@ def _cyclic_sweep(spec, s, y, g, c, nv, *, loss_mode, want_grad, unroll):
   return loss, (gacc + fold(gacc2) if want_grad else None)
 
 
-def _topn_rows_sweep(spec, s, y, g, c, nv, *, loss_mode, want_grad):
-  """LambdaRank with topn = k: only pairs (p, q), p < k, q > p have weight; `[bc, k, n]` at once."""
+def _rows_sweep(spec, s, y, g, c, nv, *, rows, loss_mode, want_grad):
+  """Pairs (p, q) of sorted positions p < `rows`, q > p, all at once as `[bc, rows, n]`.
+
+  With rows = n this is every pair (the dense path); with rows = topn it is every pair of nonzero
+  LambdaRank weight (the top-n row path).
+  """
   bc, n = s.shape
-  k = spec.topn
-  disc, _ = _position_factors(spec, n, s.dtype)
+  k = rows
+  disc, kappa = _position_factors(spec, n, s.dtype)
   row = lambda a: a[:, :k, None]
   col = lambda a: a[:, None, :]
   p, q = jnp.arange(k)[:, None], jnp.arange(n)[None, :]
   keep = (q > p) & (q < nv[:, None, None])
   sgn = jnp.where(keep, jnp.sign(row(y) - col(y)), 0.0)
-  lam = spec.scale * spec.lambdarank * jnp.abs(row(g) - col(g)) * jnp.abs(disc[:k, None] - disc[None, :])
+  lam = 1.0
+  if spec.rank_weighted:
+    parts = 0.0
+    if spec.lambdarank:
+      parts = spec.lambdarank * jnp.abs(disc[:k, None] - disc[None, :])
+    if spec.ndcg2:   # rank gap q - p; the worse rank is q's
+      gap = (q - p).astype(s.dtype)
+      parts = parts + spec.ndcg2 * jnp.abs(dcg_discount(gap) - dcg_discount(gap + 1.0)) * kappa[None, :]
+    lam = spec.scale * jnp.abs(row(g) - col(g)) * parts
   if c is not None:
     lam = lam * jnp.where(sgn > 0, row(c), col(c))
   w = jnp.where(sgn != 0, lam, 0.0)
@@ -210,9 +231,10 @@ def _run(cfg, s, y, g, c, valid, *, want_loss, want_grad):
   s, y, g, c = take(s), take(y), take(g), take(c)
   nv = valid.sum(-1, dtype=jnp.int32)
   loss_mode = None if not want_loss else ("item" if cfg.per_item else "list")
-  if cfg.use_topn_rows:
-    per_list = max(1, ROW_TILE_ELEMENTS // (cfg.spec.topn * n))
-    sweep = functools.partial(_topn_rows_sweep, cfg.spec, loss_mode=loss_mode, want_grad=want_grad)
+  if cfg.path != "cyclic":
+    rows = n if cfg.path == "dense" else cfg.spec.topn
+    per_list = max(1, (DENSE_TILE_ELEMENTS if cfg.accelerator else ROW_TILE_ELEMENTS) // (rows * n))
+    sweep = functools.partial(_rows_sweep, cfg.spec, rows=rows, loss_mode=loss_mode, want_grad=want_grad)
   else:
     per_list = max(1, TILE_ELEMENTS // n)
     sweep = functools.partial(_cyclic_sweep, cfg.spec, loss_mode=loss_mode, want_grad=want_grad,
@@ -269,7 +291,7 @@ def tiled_pairwise_loss(scores: jax.Array, labels: jax.Array, *, where: jax.Arra
                         weights: jax.Array | None = None, gains: jax.Array | None = None,
                         spec: PairSpec = PairSpec(), per_item: bool = False,
                         list_tile: int | None = None, unroll: int = 1,
-                        topn_rows: bool | None = None) -> jax.Array:
+                        path: str = "auto") -> jax.Array:
   """Sums `c_i * lambda_ij * l(s_i - s_j)` over valid pairs with y_i > y_j, without `[n, n]` tensors.
 
   Args:
@@ -283,11 +305,15 @@ def tiled_pairwise_loss(scores: jax.Array, labels: jax.Array, *, where: jax.Arra
     spec: the pair loss and pair weight (`PairSpec`).
     per_item: False: one loss per list, `[...]`. True: `[..., n]`, each pair's loss credited to
       its better-labelled item (the row sums of rax's `[..., n * n]` unreduced pairwise loss).
-    list_tile: lists per chunk (default: about 16k items per chunk, or 256k pairs on the top-n
-      path). Results do not depend on it; peak memory is O(list_tile * n * unroll).
+    list_tile: lists per chunk (default: about 16k items per chunk on the cyclic path; 256k pairs
+      per chunk on the top-n row path on a CPU; 64M pairs on the dense path and on the top-n row
+      path on an accelerator). Results do not depend on it. Peak memory is
+      O(list_tile * n * unroll) on the cyclic path and O(list_tile * rows * n) on the others.
     unroll: cyclic offsets per scan step.
-    topn_rows: force (True) or forbid (False) the top-n row path; default: used when it applies
-      (LambdaRank weight only, topn < n / 2).
+    path: "cyclic" (the offset scan), "topn_rows" (LambdaRank weight only, 0 < topn < n: the
+      rows p < topn), "dense" (every pair of a chunk of lists at once) or "auto": "topn_rows"
+      when it applies and topn < n / 2, else "cyclic" on a CPU and "dense" on an accelerator
+      (`jax.default_backend()`).
 
   Returns:
     `[...]` per-list sums, or `[..., n]` per-item sums if `per_item`.
@@ -305,11 +331,14 @@ def tiled_pairwise_loss(scores: jax.Array, labels: jax.Array, *, where: jax.Arra
   c = None if weights is None else clean(weights)
   rows_apply = (spec.topn is not None and spec.ndcg2 == 0.0 and spec.lambdarank != 0.0
                 and 0 < spec.topn < n)
-  if topn_rows is None:
-    topn_rows = rows_apply and 2 * spec.topn < n
-  elif topn_rows and not rows_apply:
-    raise ValueError("topn_rows needs a LambdaRank-only spec with 0 < topn < list size")
-  cfg = _Config(spec, per_item, list_tile, unroll, bool(topn_rows))
+  accelerator = jax.default_backend() != "cpu"
+  if path not in PATHS:
+    raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+  if path == "auto":
+    path = "topn_rows" if rows_apply and 2 * spec.topn < n else "dense" if accelerator else "cyclic"
+  elif path == "topn_rows" and not rows_apply:
+    raise ValueError("path='topn_rows' needs a LambdaRank-only spec with 0 < topn < list size")
+  cfg = _Config(spec, per_item, list_tile, unroll, path, accelerator)
   out = _pairwise(cfg, s, y, g, c, valid)
   return out.reshape(shape if per_item else shape[:-1])
 
