@@ -28,6 +28,15 @@ def test_batches_cross_epoch_boundaries_without_dropping():
   np.testing.assert_allclose(np.sort(seen), np.sort(np.tile(split.label[:, 0], 3)))
 
 
+def test_epoch_order_rows_span_epochs_as_concatenated_permutations():
+  order = pipeline.EpochOrder(5, seed=7)
+  endless = np.concatenate([np.random.default_rng([7, e]).permutation(5) for e in range(4)])
+  for start, stop in [(0, 5), (3, 17), (10, 11), (4, 20)]:
+    np.testing.assert_array_equal(order.rows(start, stop), endless[start:stop])
+  with np.testing.assert_raises_regex(ValueError, "no requests"):
+    pipeline.EpochOrder(0, seed=0)
+
+
 def test_iterator_state_restores_the_same_batches():
   ds = pipeline.train_dataset(_train(), global_batch_size=16, seed=1)
   it = pipeline.train_iterator(ds)

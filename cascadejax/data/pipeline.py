@@ -1,14 +1,16 @@
 """Input pipeline: a split of `CascadeData` -> shuffled, batched `CascadeBatch`es (grain).
 
-Training batches come from one endless grain `MapDataset` (shuffle -> repeat -> batch -> gather), so
-batch t is a pure function of the seed and t: a checkpointed iterator position reproduces exactly
-the batches an uninterrupted run would have seen. Each epoch is reshuffled and batches run across
+Training batches come from one endless grain `MapDataset` over step numbers (step t -> its rows of
+a per-epoch NumPy permutation -> gather), so batch t is a pure function of the seed and t: a
+checkpointed iterator position reproduces exactly the batches an uninterrupted run would have seen. Each epoch is reshuffled and batches run across
 epoch boundaries, so no request is ever dropped. Evaluation batches keep the split's order and pad
 the last batch with empty (all-masked) requests, which metrics ignore.
 """
 
 from __future__ import annotations
 
+import functools
+import sys
 from typing import Iterator
 
 import grain
@@ -18,13 +20,41 @@ import numpy as np
 from cascadejax.data.schema import CascadeBatch
 
 
+class EpochOrder:
+  """The endless training row order: epoch e is a permutation of `range(n)` drawn from `(seed, e)`.
+
+  Position q of the endless sequence is row `perm_(q // n)[q % n]`. Permutations are drawn with
+  NumPy (one `O(n)` draw per epoch, the last few cached), so a batch's rows cost one slice instead
+  of one Python call per request.
+  """
+
+  def __init__(self, n: int, seed: int):
+    if n < 1:
+      raise ValueError("the training split has no requests")
+    self.n, self.seed = n, seed
+    self._perm = functools.lru_cache(maxsize=4)(self._draw)  # thread-safe; reader threads share it
+
+  def _draw(self, epoch: int) -> np.ndarray:
+    return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+  def rows(self, start: int, stop: int) -> np.ndarray:
+    """Rows at positions `[start, stop)` of the endless sequence (may span several epochs)."""
+    first, last = start // self.n, (stop - 1) // self.n
+    parts = [self._perm(e)[max(start - e * self.n, 0):min(stop - e * self.n, self.n)]
+             for e in range(first, last + 1)]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
 def train_dataset(split: CascadeBatch, *, global_batch_size: int, seed: int, process_index: int = 0,
                   process_count: int = 1) -> grain.MapDataset:
   """Endless shuffled batches of this process's share of each global batch.
 
+  Global batch t holds positions `[t * G, (t + 1) * G)` of `EpochOrder(R, seed)`, so every epoch
+  visits each request once, epochs are reshuffled, and batches run across epoch boundaries.
+
   Args:
     split: NumPy `CascadeBatch` of R requests.
-    global_batch_size: requests per step over all processes (divisible by `process_count`).
+    global_batch_size: G, requests per step over all processes (divisible by `process_count`).
     seed: shuffle seed; epoch e uses a permutation derived from (seed, e).
     process_index, process_count: this process's rows of each global batch are the contiguous
       block `process_index` of `process_count`.
@@ -33,12 +63,9 @@ def train_dataset(split: CascadeBatch, *, global_batch_size: int, seed: int, pro
     raise ValueError(f"config.train.batch_size={global_batch_size} is not divisible by the "
                      f"{process_count} processes")
   local = global_batch_size // process_count
-  rows = slice(process_index * local, (process_index + 1) * local)
-  return (grain.MapDataset.range(split.batch_size)
-          .shuffle(seed=seed)
-          .repeat(None)
-          .batch(global_batch_size)
-          .map(lambda idx: split.take(np.asarray(idx)[rows])))
+  order = EpochOrder(split.batch_size, seed)
+  first = lambda t: t * global_batch_size + process_index * local
+  return grain.MapDataset.range(sys.maxsize).map(lambda t: split.take(order.rows(first(t), first(t) + local)))
 
 
 def train_iterator(ds: grain.MapDataset, *, prefetch: int = 4) -> grain.DatasetIterator:
