@@ -2,8 +2,8 @@
 
 Training batches come from one endless grain `MapDataset` over step numbers (step t -> its rows of
 a per-epoch NumPy permutation -> gather), so batch t is a pure function of the seed and t: a
-checkpointed iterator position reproduces exactly the batches an uninterrupted run would have seen. Each epoch is reshuffled and batches run across
-epoch boundaries, so no request is ever dropped. Evaluation batches keep the split's order and pad
+checkpointed iterator position reproduces exactly the batches an uninterrupted run would have seen.
+Each epoch is reshuffled and batches run across epoch boundaries, so no request is ever dropped. Evaluation batches keep the split's order and pad
 the last batch with empty (all-masked) requests, which metrics ignore.
 """
 

@@ -292,7 +292,7 @@ def tiled_pairwise_loss(scores: jax.Array, labels: jax.Array, *, where: jax.Arra
                         spec: PairSpec = PairSpec(), per_item: bool = False,
                         list_tile: int | None = None, unroll: int = 1,
                         path: str = "auto") -> jax.Array:
-  """Sums `c_i * lambda_ij * l(s_i - s_j)` over valid pairs with y_i > y_j, without `[n, n]` tensors.
+  """Sums `c_i * lambda_ij * l(s_i - s_j)` over valid pairs with y_i > y_j, in bounded-memory tiles.
 
   Args:
     scores: `[..., n]` scores s (the only differentiated input).
