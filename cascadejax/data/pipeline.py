@@ -3,8 +3,9 @@
 Training batches come from one endless grain `MapDataset` over step numbers (step t -> its rows of
 a per-epoch NumPy permutation -> gather), so batch t is a pure function of the seed and t: a
 checkpointed iterator position reproduces exactly the batches an uninterrupted run would have seen.
-Each epoch is reshuffled and batches run across epoch boundaries, so no request is ever dropped. Evaluation batches keep the split's order and pad
-the last batch with empty (all-masked) requests, which metrics ignore.
+Each epoch is reshuffled and batches run across epoch boundaries, so no request is ever dropped.
+Evaluation batches keep the split's order and pad the last batch with empty (all-masked) requests,
+which metrics ignore.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def train_dataset(split: CascadeBatch, *, global_batch_size: int, seed: int, pro
   local = global_batch_size // process_count
   order = EpochOrder(split.batch_size, seed)
   first = lambda t: t * global_batch_size + process_index * local
-  return grain.MapDataset.range(sys.maxsize).map(lambda t: split.take(order.rows(first(t), first(t) + local)))
+  batch = lambda t: split.take(order.rows(first(t), first(t) + local))
+  return grain.MapDataset.range(sys.maxsize).map(batch)
 
 
 def train_iterator(ds: grain.MapDataset, *, prefetch: int = 4) -> grain.DatasetIterator:

@@ -202,7 +202,8 @@ def _rows_sweep(spec, s, y, g, c, nv, *, rows, loss_mode, want_grad):
       parts = spec.lambdarank * jnp.abs(disc[:k, None] - disc[None, :])
     if spec.ndcg2:   # rank gap q - p; the worse rank is q's
       gap = (q - p).astype(s.dtype)
-      parts = parts + spec.ndcg2 * jnp.abs(dcg_discount(gap) - dcg_discount(gap + 1.0)) * kappa[None, :]
+      delta = jnp.abs(dcg_discount(gap) - dcg_discount(gap + 1.0))
+      parts = parts + spec.ndcg2 * delta * kappa[None, :]
     lam = spec.scale * jnp.abs(row(g) - col(g)) * parts
   if c is not None:
     lam = lam * jnp.where(sgn > 0, row(c), col(c))
@@ -234,7 +235,8 @@ def _run(cfg, s, y, g, c, valid, *, want_loss, want_grad):
   if cfg.path != "cyclic":
     rows = n if cfg.path == "dense" else cfg.spec.topn
     per_list = max(1, (DENSE_TILE_ELEMENTS if cfg.accelerator else ROW_TILE_ELEMENTS) // (rows * n))
-    sweep = functools.partial(_rows_sweep, cfg.spec, rows=rows, loss_mode=loss_mode, want_grad=want_grad)
+    sweep = functools.partial(_rows_sweep, cfg.spec, rows=rows, loss_mode=loss_mode,
+                              want_grad=want_grad)
   else:
     per_list = max(1, TILE_ELEMENTS // n)
     sweep = functools.partial(_cyclic_sweep, cfg.spec, loss_mode=loss_mode, want_grad=want_grad,
