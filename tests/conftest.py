@@ -57,13 +57,19 @@ def config() -> ConfigDict:
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def cpu_devices_env(devices: int) -> dict[str, str]:
+  """This process's environment for a child that runs JAX on `devices` forced CPU devices (the XLA
+  flags of the tests kept) and imports the project from the repository root."""
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
+  return {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
+
+
 def run_on_cpu_devices(cases_files: list[str], devices: int, report_dir) -> dict[str, str | None]:
   """Runs the tests of `tests/<file>` for each of `cases_files` in one child pytest with `devices`
   forced CPU devices (a process's device count is fixed once JAX starts). Returns
   {"<module>.<test name>": failure text or None}; a parametrized test's variants are reported together."""
   report = os.path.join(str(report_dir), "junit.xml")
-  env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}").strip()}
+  env = cpu_devices_env(devices)
   proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
                          *[os.path.join(ROOT, "tests", f) for f in cases_files]],
                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)

@@ -19,7 +19,7 @@ import pytest
 
 from cascadejax import metric_writer
 from cascadejax.checkpoint import Checkpointer
-from tests.conftest import ROOT
+from tests.conftest import ROOT, cpu_devices_env
 
 CONFIG = """
 from tests.conftest import tiny_config
@@ -42,8 +42,7 @@ def _free_port() -> int:
 
 def _train(config_file, workdir, processes: int, devices_each: int) -> list[str]:
   """Runs train.py in `processes` processes with `devices_each` CPU devices each; returns their stderr."""
-  base = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu",
-          "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices_each}"}
+  base = cpu_devices_env(devices_each)
   if processes > 1:
     base.update(CASCADEJAX_DISTRIBUTED="1", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}",
                 JAX_NUM_PROCESSES=str(processes))
