@@ -120,6 +120,11 @@ def summarize(rows: list[dict], methods: list[str]) -> list[dict]:
   return out
 
 
+def _spread(std: float, n: int) -> str:
+  """` ± std` of n values; one value has no spread to show."""
+  return f" ± {std:.4f}" if n > 1 else ""
+
+
 def markdown(rows: list[dict], summary: list[dict], methods: list[str]) -> str:
   """The comparison table: mean +/- std per method (the mean alone for one seed), and the paired
   difference to the first method."""
@@ -129,12 +134,11 @@ def markdown(rows: list[dict], summary: list[dict], methods: list[str]) -> str:
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   ref = {r["seed"]: r["recall_e2e"] for r in rows if r["method"] == methods[0]}
   for s in summary:
-    spread = lambda std, n: f" ± {std:.4f}" if n > 1 else ""  # one seed has no spread to show
-    cells = [f"`{s['method']}`"] + [f"{s[c + '_mean']:.4f}{spread(s[c + '_std'], s['seeds'])}" for c in cols]
+    cells = [f"`{s['method']}`"] + [f"{s[c + '_mean']:.4f}{_spread(s[c + '_std'], s['seeds'])}" for c in cols]
     diffs = np.array([r["recall_e2e"] - ref[r["seed"]] for r in rows
                       if r["method"] == s["method"] and r["seed"] in ref])
     cells.append("" if s["method"] == methods[0] else
-                 f"{diffs.mean():+.4f}{spread(diffs.std(ddof=1) if len(diffs) > 1 else 0.0, len(diffs))} "
+                 f"{diffs.mean():+.4f}{_spread(diffs.std(ddof=1) if len(diffs) > 1 else 0.0, len(diffs))} "
                  f"({(diffs > 0).sum()}/{len(diffs)} seeds better)")
     cells.append(f"{s['wall_s_mean']:.0f} s")
     lines.append("| " + " | ".join(cells) + " |")
