@@ -5,8 +5,8 @@ Trained with the `independent` method (each stage: BCE on "survived this stage i
 Run:
   python train.py --config configs/default.py --workdir /tmp/cascadejax/default
 
-Result (2-core CPU, benchmarks/RESULTS.md): test recall_e2e 0.702 against 0.288 for random selection
-on the same requests (a noiseless oracle cascade reaches 0.861), in 2 min 23 s wall time.
+Result (2-core CPU, benchmarks/RESULTS.md): test recall_e2e 0.699 against 0.288 for random selection
+on the same requests (a noiseless oracle cascade reaches 0.861), in 2 min 43 s wall time.
 """
 
 from ml_collections import ConfigDict

@@ -4,8 +4,8 @@
 Run:
   python train.py --config configs/three_stage.py --workdir /tmp/cascadejax/three_stage
 
-Result (2-core CPU, benchmarks/RESULTS.md): test recall_e2e 0.783 against 0.223 for random selection
-on the same requests (a noiseless oracle cascade reaches 0.870), in 9 min wall time: the DCN-v2
+Result (2-core CPU, benchmarks/RESULTS.md): test recall_e2e 0.786 against 0.223 for random selection
+on the same requests (a noiseless oracle cascade reaches 0.870), in 10 min wall time: the DCN-v2
 ranker scoring all 50 candidates dominates the step.
 """
 
