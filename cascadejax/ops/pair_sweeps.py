@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+
 def dcg_discount(rank: jax.Array) -> jax.Array:
   """The DCG position discount 1 / log2(1 + rank) for 1-based ranks."""
   return 1.0 / jnp.log2(rank + 1.0)
