@@ -36,6 +36,12 @@ def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(_quiet)
 
 
+@jax.jit
+def accumulate(sums: dict[str, jax.Array] | None, metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """`sums + metrics` key by key in one dispatch (eager per-key adds cost twice the host time)."""
+  return metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+
+
 class NonFiniteLossError(FloatingPointError):
   """Training produced a NaN or infinite loss or gradient."""
 
@@ -101,7 +107,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
   sums, count = None, 0
   for step in range(start, cfg.steps):
     state, step_metrics = exp.train_step(state, sharding.put_batch(next(batches), exp.mesh))
-    sums = step_metrics if sums is None else jax.tree.map(jnp.add, sums, step_metrics)
+    sums = accumulate(sums, step_metrics)
     count, done = count + 1, step + 1
     bar.update(1)
     if step == start:  # throughput is measured from the end of the first (compiling) step

@@ -135,3 +135,12 @@ def test_same_seed_same_result_other_seed_differs(tmp_path):
   c.seed = 1
   other = trainer.train_and_evaluate(c, str(tmp_path / "c"))
   assert other != a
+
+
+def test_accumulate_sums_each_metric_key():
+  a = {"loss": np.float32(1.5), "recall": np.float32(0.25)}
+  b = {"loss": np.float32(-0.5), "recall": np.float32(0.5)}
+  first = trainer.accumulate(None, a)
+  assert {k: float(v) for k, v in first.items()} == {"loss": 1.5, "recall": 0.25}
+  both = trainer.accumulate(first, b)
+  assert {k: float(v) for k, v in both.items()} == {"loss": 1.0, "recall": 0.75}
