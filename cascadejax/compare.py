@@ -12,7 +12,8 @@ data.seed + i`, so the methods of one seed see the same requests and start from 
 run is an ordinary workdir (`OUT/runs/<method>/seed<i>`): an interrupted comparison started again
 with the same command skips finished runs and resumes unfinished ones from their checkpoints. A
 method's options come from `config.method.<method>` when the config has that section, else from the
-method's defaults.
+method's defaults. A run that diverges (`trainer.NonFiniteLossError`) is recorded with the step it
+diverged at, not retried, and the table says how many seeds of each method diverged.
 
 Outputs in OUT: `runs.csv` (one row per run: final test metrics and wall time), `summary.csv` (mean
 and std per method), `results.md` (the table, with paired differences against the first method) and
@@ -42,6 +43,7 @@ _SEEDS = flags.DEFINE_integer("seeds", 5, "Number of seeds.")
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
 
 WALL_FILE = "compare_wall_s.json"
+DIVERGED_FILE = "compare_diverged.json"
 
 
 def _literal(text: str):
@@ -78,8 +80,9 @@ def run_config(config: ConfigDict, method: str, seed: int) -> ConfigDict:
 
 
 def run_one(config: ConfigDict, workdir: str) -> dict:
-  """Trains one run unless its workdir already holds the final report; returns report + wall time."""
-  wall_path = os.path.join(workdir, WALL_FILE)
+  """Trains one run unless its workdir already holds its outcome; returns the final report and the
+  wall time, or, for a run that diverged, `{"diverged_step": step, "wall_s": seconds}`."""
+  wall_path, diverged_path = os.path.join(workdir, WALL_FILE), os.path.join(workdir, DIVERGED_FILE)
   if os.path.exists(os.path.join(workdir, "config.json")):
     changed = configuration.differing_keys(configuration.load(workdir), config)
     if changed:
@@ -90,13 +93,21 @@ def run_one(config: ConfigDict, workdir: str) -> dict:
     if final:
       with open(wall_path) as f:
         return {**final[-1], "wall_s": json.load(f)["wall_s"]}
+  if os.path.exists(diverged_path):
+    with open(diverged_path) as f:
+      return json.load(f)
   start = time.perf_counter()
-  report = trainer.train_and_evaluate(config, workdir)
-  wall = time.perf_counter() - start
-  with open(wall_path, "w") as f:
-    json.dump({"wall_s": wall}, f)
+  try:
+    report = trainer.train_and_evaluate(config, workdir)
+  except trainer.NonFiniteLossError as err:
+    logging.warning("compare: %s diverged: %s", workdir, err)
+    outcome, path = {"diverged_step": err.step, "wall_s": time.perf_counter() - start}, diverged_path
+  else:
+    outcome, path = {**report, "wall_s": time.perf_counter() - start}, wall_path
+  with open(path, "w") as f:
+    json.dump({k: outcome[k] for k in ("diverged_step", "wall_s") if k in outcome}, f)
   jax.clear_caches()
-  return {**report, "wall_s": wall}
+  return outcome
 
 
 def metric_names(rows: list[dict]) -> list[str]:
@@ -111,13 +122,22 @@ def summarize(rows: list[dict], methods: list[str]) -> list[dict]:
   out = []
   for m in methods:
     runs = [r for r in rows if r["method"] == m]
-    entry = {"method": m, "seeds": len(runs)}
+    finished = [r for r in runs if "diverged_step" not in r]
+    entry = {"method": m, "seeds": len(finished), "diverged": len(runs) - len(finished)}
     for name in metric_names(rows) + ["wall_s"]:
-      values = np.array([r[name] for r in runs if name in r], float)
-      entry[f"{name}_mean"] = float(values.mean())
-      entry[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+      values = np.array([r[name] for r in (runs if name == "wall_s" else finished) if name in r], float)
+      if len(values):  # a method whose every seed diverged has no metric means (empty CSV cells)
+        entry[f"{name}_mean"] = float(values.mean())
+        entry[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     out.append(entry)
   return out
+
+
+def _diverged(rows: list[dict], method: str) -> str:
+  """`"diverged on 2/5 seeds (at steps 41, 57)"`, or "" when no seed of `method` diverged."""
+  runs = [r for r in rows if r["method"] == method]
+  steps = [int(r["diverged_step"]) for r in runs if "diverged_step" in r]
+  return f"diverged on {len(steps)}/{len(runs)} seeds (at steps {', '.join(map(str, steps))})" if steps else ""
 
 
 def _spread(std: float, n: int) -> str:
@@ -134,16 +154,19 @@ def markdown(rows: list[dict], summary: list[dict], methods: list[str]) -> str:
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   ref = {r["seed"]: r["recall_e2e"] for r in rows if r["method"] == methods[0]}
   for s in summary:
-    cells = [f"`{s['method']}`"] + [f"{s[c + '_mean']:.4f}{_spread(s[c + '_std'], s['seeds'])}" for c in cols]
+    cells = [f"`{s['method']}`"] + [f"{s[c + '_mean']:.4f}{_spread(s[c + '_std'], s['seeds'])}"
+                                    if c + "_mean" in s else "diverged" for c in cols]
     diffs = np.array([r["recall_e2e"] - ref[r["seed"]] for r in rows
-                      if r["method"] == s["method"] and r["seed"] in ref])
-    cells.append("" if s["method"] == methods[0] else
-                 f"{diffs.mean():+.4f}{_spread(diffs.std(ddof=1) if len(diffs) > 1 else 0.0, len(diffs))} "
-                 f"({(diffs > 0).sum()}/{len(diffs)} seeds better)")
+                      if r["method"] == s["method"] and r["seed"] in ref and "recall_e2e" in r])
+    paired = "" if s["method"] == methods[0] or not len(diffs) else (
+        f"{diffs.mean():+.4f}{_spread(diffs.std(ddof=1) if len(diffs) > 1 else 0.0, len(diffs))} "
+        f"({(diffs > 0).sum()}/{len(diffs)} seeds better)")
+    cells.append("; ".join(x for x in (paired, _diverged(rows, s["method"])) if x))
     cells.append(f"{s['wall_s_mean']:.0f} s")
     lines.append("| " + " | ".join(cells) + " |")
-  random = np.mean([r["recall_e2e_random"] for r in rows if "recall_e2e_random" in r])
-  lines.append(f"| random selection | {random:.4f} |" + " |" * (len(head) - 2))
+  random = [r["recall_e2e_random"] for r in rows if "recall_e2e_random" in r]
+  if random:
+    lines.append(f"| random selection | {np.mean(random):.4f} |" + " |" * (len(head) - 2))
   return "\n".join(lines) + "\n"
 
 
@@ -157,7 +180,12 @@ def plot(rows: list[dict], methods: list[str], path: str) -> bool:
     return False
   fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(methods), 3.2))
   for i, m in enumerate(methods):
-    values = [r["recall_e2e"] for r in rows if r["method"] == m]
+    values = [r["recall_e2e"] for r in rows if r["method"] == m and "recall_e2e" in r]
+    if _diverged(rows, m):
+      ax.annotate("some seeds diverged" if values else "diverged", (i, 0.02), xycoords=("data", "axes fraction"),
+                  ha="center", fontsize=7, color="red")
+    if not values:
+      continue
     ax.scatter(np.full(len(values), i), values, s=14, alpha=0.7)
     ax.errorbar(i + 0.18, np.mean(values), yerr=np.std(values, ddof=1) if len(values) > 1 else 0,
                 fmt="o", color="black", capsize=3)

@@ -34,8 +34,8 @@ class TrainState:
     step: number of train steps taken.
     params: {"cascade": the stage models' parameters, "method": the method's own parameters}.
     opt_state: the optimizer's state.
-    nonfinite_step: -1, or the first step whose loss or gradient was not finite (its update was
-      skipped; the trainer stops when it sees this).
+    nonfinite_step: -1, or the first step whose loss, gradient or gradient norm was not finite (its
+      update was skipped; the trainer stops when it sees this).
   """
 
   step: jax.Array
@@ -67,6 +67,16 @@ def make_optimizer(cfg: ConfigDict, total_steps: int) -> optax.GradientTransform
 
 def _all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)] or [jnp.bool_(True)]))
+
+
+def update_is_finite(loss: jax.Array, grads: Any, grad_norm: jax.Array) -> jax.Array:
+  """Whether a step's update may be applied: loss, every gradient and their global norm finite.
+
+  The norm is checked too because finite gradients whose global norm exceeds about 1.8e19 overflow
+  float32's sum of squares: global-norm clipping then divides by infinity and silently zeroes every
+  update, so a diverged run would go on without learning.
+  """
+  return jnp.isfinite(loss) & _all_finite(grads) & jnp.isfinite(grad_norm)
 
 
 @dataclasses.dataclass
@@ -184,7 +194,7 @@ class Experiment:
       else:
         (loss, aux), grads = self.sparse.value_and_grad(loss_fn, state.params, batch)
         grad_norm = self.sparse.global_norm(grads)
-      finite = jnp.isfinite(loss) & _all_finite(grads)
+      finite = update_is_finite(loss, grads, grad_norm)
 
       def update(_):
         if self.sparse is not None:

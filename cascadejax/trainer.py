@@ -43,7 +43,11 @@ def accumulate(sums: dict[str, jax.Array] | None, metrics: dict[str, jax.Array])
 
 
 class NonFiniteLossError(FloatingPointError):
-  """Training produced a NaN or infinite loss or gradient."""
+  """Training produced a NaN or infinite loss, gradient or gradient norm at (1-based) `step`."""
+
+  def __init__(self, message: str, step: int):
+    super().__init__(message)
+    self.step = step
 
 
 def _check_finite(state: TrainState, checkpointer: Checkpointer) -> None:
@@ -51,9 +55,10 @@ def _check_finite(state: TrainState, checkpointer: Checkpointer) -> None:
   if bad >= 0:
     checkpointer.wait()
     raise NonFiniteLossError(
-        f"non-finite loss or gradient at step {bad + 1}; training stopped and that update was not applied. "
+        f"non-finite loss or gradient at step {bad + 1} (or a gradient norm above float32's range, about "
+        "1.8e19); training stopped and that update was not applied. "
         f"The last good checkpoint (step {checkpointer.latest_step()}) is kept in {checkpointer.directory}. "
-        "Lower config.optimizer.learning_rate, enable config.optimizer.grad_clip, or check the data.")
+        "Lower config.optimizer.learning_rate, enable config.optimizer.grad_clip, or check the data.", bad + 1)
 
 
 def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:

@@ -68,3 +68,31 @@ def test_table_shows_a_spread_only_when_there_is_one():
   table = compare.markdown(two, compare.summarize(two, ["independent", "lcron"]), ["independent", "lcron"])
   # lcron: 0.6 both seeds; paired differences +0.1 and -0.1 (sample std 0.1414).
   assert "| `lcron` | 0.6000 ± 0.0000 | 0.6000 ± 0.0000 | +0.0000 ± 0.1414 (1/2 seeds better) | 10 s |" in table
+
+
+def test_a_diverged_run_is_recorded_and_not_retried(tmp_path):
+  config = tiny_config()
+  config.optimizer.learning_rate, config.optimizer.grad_clip = 1e30, 0.0  # blows up within a few steps
+  config.train.steps, config.train.checkpoint_every, config.train.eval_every = 40, 1, 0
+  outcome = compare.run_one(compare.run_config(config, "independent", 0), str(tmp_path))
+  assert set(outcome) == {"diverged_step", "wall_s"} and 1 <= outcome["diverged_step"] <= 40
+  marker = tmp_path / compare.DIVERGED_FILE
+  mtime = os.path.getmtime(marker)
+  assert compare.run_one(compare.run_config(config, "independent", 0), str(tmp_path)) == outcome
+  assert os.path.getmtime(marker) == mtime and not (tmp_path / compare.WALL_FILE).exists()
+
+
+def test_table_and_plot_report_diverged_seeds(tmp_path):
+  row = lambda method, seed, value: {"method": method, "seed": seed, "wall_s": 10.0, "recall_e2e": value,
+                                     "recall_e2e_random": 0.2, "rank/recall@2@4": value}
+  gone = lambda method, seed, step: {"method": method, "seed": seed, "wall_s": 2.0, "diverged_step": step}
+  methods = ["independent", "icc", "arf"]
+  rows = [row("independent", 0, 0.5), gone("icc", 0, 41), row("arf", 0, 0.6),
+          row("independent", 1, 0.7), gone("icc", 1, 57), gone("arf", 1, 12)]
+  summary = {s["method"]: s for s in compare.summarize(rows, methods)}
+  assert (summary["icc"]["seeds"], summary["icc"]["diverged"]) == (0, 2) and "recall_e2e_mean" not in summary["icc"]
+  assert (summary["arf"]["seeds"], summary["arf"]["recall_e2e_mean"], summary["arf"]["wall_s_mean"]) == (1, 0.6, 6.0)
+  table = compare.markdown(rows, list(summary.values()), methods)
+  assert "| `icc` | diverged | diverged | diverged on 2/2 seeds (at steps 41, 57) | 2 s |" in table
+  assert "| `arf` | 0.6000 | 0.6000 | +0.1000 (1/1 seeds better); diverged on 1/2 seeds (at steps 12) | 6 s |" in table
+  assert compare.plot(rows, methods, str(tmp_path / "plot.png")) and os.path.getsize(tmp_path / "plot.png") > 1000

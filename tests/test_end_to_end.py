@@ -12,7 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from cascadejax import export, metric_writer, trainer
+from cascadejax import export, metric_writer, sharding, trainer
+from cascadejax.data import pipeline
+from cascadejax.experiment import Experiment
 from cascadejax.evaluate import evaluate_workdir, restore
 from tests.conftest import tiny_config
 
@@ -144,3 +146,18 @@ def test_accumulate_sums_each_metric_key():
   assert {k: float(v) for k, v in first.items()} == {"loss": 1.5, "recall": 0.25}
   both = trainer.accumulate(first, b)
   assert {k: float(v) for k, v in both.items()} == {"loss": 1.0, "recall": 0.75}
+
+
+def test_gradient_norm_overflow_stops_training(tmp_path):
+  # Finite gradients near 1e30 whose global norm overflows float32: clipping would zero the update.
+  exp = Experiment.build(tiny_config())
+  loss = exp.method.loss
+  exp.method.loss = lambda *a, **k: jax.tree.map(lambda x: x * 1e30, loss(*a, **k))
+  batch = sharding.put_batch(pipeline.train_dataset(exp.data.splits["train"], global_batch_size=16, seed=0)[0],
+                             exp.mesh)
+  state = exp.init_state()
+  before = jax.tree.map(lambda x: np.array(x, copy=True), state.params)
+  state, metrics = exp.train_step(state, batch)
+  assert np.isfinite(float(metrics["loss"])) and not np.isfinite(float(metrics["grad_norm"]))
+  assert int(state.nonfinite_step) == 0
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params), before)
