@@ -54,10 +54,12 @@ def _check_finite(state: TrainState, checkpointer: Checkpointer) -> None:
   bad = int(jax.device_get(state.nonfinite_step))
   if bad >= 0:
     checkpointer.wait()
+    last = checkpointer.latest_step()
+    kept = (f"The last good checkpoint (step {last}) is kept in {checkpointer.directory}. " if last is not None
+            else "No checkpoint was saved before it (see config.train.checkpoint_every). ")
     raise NonFiniteLossError(
         f"non-finite loss or gradient at step {bad + 1} (or a gradient norm above float32's range, about "
-        "1.8e19); training stopped and that update was not applied. "
-        f"The last good checkpoint (step {checkpointer.latest_step()}) is kept in {checkpointer.directory}. "
+        f"1.8e19); training stopped and that update was not applied. {kept}"
         "Lower config.optimizer.learning_rate, enable config.optimizer.grad_clip, or check the data.", bad + 1)
 
 

@@ -161,3 +161,12 @@ def test_gradient_norm_overflow_stops_training(tmp_path):
   assert np.isfinite(float(metrics["loss"])) and not np.isfinite(float(metrics["grad_norm"]))
   assert int(state.nonfinite_step) == 0
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params), before)
+
+
+def test_non_finite_loss_before_any_checkpoint_says_so(tmp_path):
+  c = tiny_config()
+  c.optimizer.learning_rate, c.optimizer.grad_clip = 1e30, 0.0
+  c.train.steps, c.train.checkpoint_every, c.train.log_every = 40, 40, 1
+  with pytest.raises(trainer.NonFiniteLossError, match=r"No checkpoint was saved before it") as err:
+    trainer.train_and_evaluate(c, str(tmp_path))
+  assert 1 <= err.value.step < 40
