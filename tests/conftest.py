@@ -19,6 +19,8 @@ from ml_collections import ConfigDict  # noqa: E402
 
 from configs import default  # noqa: E402
 
+pytest_plugins = ("tests.launch_helpers",)  # the `env` fixture of the launch-script tests
+
 
 def tiny_config(num_stages: int = 2) -> ConfigDict:
   """The default config shrunk to lists of 8 candidates and a few hundred requests."""

@@ -1,8 +1,6 @@
-"""The launch scripts (tpu_scripts/, gpu_scripts/): dry-run commands, flag errors, the worker-side
-runner for real, and shellcheck.
-
-No test needs gcloud, SLURM or a network: `gcloud`, `srun` and `sbatch` are replaced on PATH by
-stubs that record any call, and every dry run must leave them uncalled.
+"""The launch scripts (tpu_scripts/, and the flag handling of gpu_scripts/): dry-run commands, flag
+errors, the worker-side runner for real, and shellcheck. The SLURM commands are in
+test_launch_slurm.py; the stubbed environment (no gcloud, SLURM or network) in launch_helpers.py.
 """
 
 import os
@@ -15,56 +13,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-TPU = REPO / "tpu_scripts"
-GPU = REPO / "gpu_scripts"
-SCRIPTS = sorted([*TPU.glob("*.sh"), *GPU.glob("*.sh"), *GPU.glob("*.sbatch")])
-WHERE = ["--name", "tpu-a", "--zone", "us-central2-b", "--project", "proj-1"]
-LOC = ["--zone=us-central2-b", "--project=proj-1"]
-CLEARED = {"TPU_NAME", "ZONE", "PROJECT_ID", "ACCELERATOR_TYPE", "RUNTIME_VERSION", "CUDA_VISIBLE_DEVICES",
-           "JAX_LOCAL_DEVICE_IDS"}
-
-
-@pytest.fixture
-def env(tmp_path):
-  """A clean environment whose gcloud/srun/sbatch are stubs that record being called."""
-  bin_dir = tmp_path / "bin"
-  bin_dir.mkdir()
-  for tool in ("gcloud", "srun", "sbatch"):
-    stub = bin_dir / tool
-    stub.write_text(f"#!/bin/sh\necho {tool} >> '{tmp_path}/called'\nexit 97\n")
-    stub.chmod(0o755)
-  home = tmp_path / "home"
-  home.mkdir()
-  clean = {k: v for k, v in os.environ.items()
-           if k not in CLEARED and not k.startswith(("CASCADEJAX_", "SLURM_"))}
-  clean.update(PATH=f"{bin_dir}:{os.environ['PATH']}", HOME=str(home), TMPDIR=str(tmp_path),
-               CASCADEJAX_WORKER_ID="5")
-  return clean
-
-
-def run(script, *args, env, timeout=60):
-  return subprocess.run(["bash", str(script), *args], env=env, capture_output=True, text=True, timeout=timeout,
-                        cwd=REPO)
-
-
-def dry_lines(script, *args, env):
-  """Runs `script --dry-run args` and returns the lines it printed (one command each)."""
-  proc = run(script, "--dry-run", *args, env=env)
-  assert proc.returncode == 0, proc.stderr
-  assert not (Path(env["TMPDIR"]) / "called").exists(), "a dry run called gcloud/srun/sbatch"
-  return proc.stdout.splitlines()
-
-
-def dry(script, *args, env):
-  """Runs `script --dry-run args` and returns its printed commands, each split into argv."""
-  return [shlex.split(line) for line in dry_lines(script, *args, env=env)]
-
-
-def remote(argv):
-  """The remote shell line of a `gcloud ... ssh --command=LINE`, split into words."""
-  (command,) = [a for a in argv if a.startswith("--command=")]
-  return command[len("--command="):]
+from tests.launch_helpers import REPO, TPU, GPU, SCRIPTS, WHERE, LOC, run, dry_lines, dry, remote
 
 
 # ---- Cloud TPU: create / teardown ----
@@ -237,62 +186,6 @@ def test_help_and_unknown_flags(env, script):
 def test_a_flag_without_its_value_is_a_usage_error(env):
   proc = run(TPU / "teardown.sh", "--dry-run", "--name", "--zone", "z", env=env)
   assert proc.returncode == 2 and "flag --name needs a value" in proc.stderr
-
-
-# ---- GPU / SLURM ----
-
-def test_submit_one_process_per_gpu(env):
-  (mkdir, sbatch) = dry(GPU / "submit.sh", "--config", "configs/default.py", "--workdir", "/shared/my run",
-                        "--nodes", "4", "--partition", "gpu", "--sbatch-arg=--exclusive", "--env", "A=1", "--",
-                        "--config.train.steps=9", env=env)
-  assert mkdir[:2] == ["mkdir", "-p"]
-  script = sbatch.index(str(GPU / "slurm_multinode.sbatch"))
-  assert sbatch[:script] == [
-      "sbatch", "--parsable", f"--chdir={REPO}", "--job-name=cascadejax", "--nodes=4", "--ntasks-per-node=8",
-      "--gpus-per-node=8", "--cpus-per-task=8", "--time=01:00:00", f"--output={env['HOME']}/cascadejax-logs/"
-      "cascadejax-%j.out", "--partition=gpu", "--exclusive"]
-  assert sbatch[script + 1:] == ["--process-per", "gpu", "--config", "configs/default.py", "--workdir",
-                                 "/shared/my run", "--venv", f"{env['HOME']}/cascadejax-venv", "--env", "A=1",
-                                 "--", "--config.train.steps=9"]
-
-
-def test_submit_one_process_per_node_gets_all_cores(env):
-  (_, sbatch) = dry(GPU / "submit.sh", "--config", "configs/default.py", "--workdir", "w", "--process-per", "node",
-                    "--gpus-per-node", "4", env=env)
-  assert {"--ntasks-per-node=1", "--gpus-per-node=4", "--cpus-per-task=32", "node"} <= set(sbatch)
-  proc = run(GPU / "submit.sh", "--dry-run", "--workdir", "w", env=env)
-  assert proc.returncode == 2 and "missing required flag --config (or set $CASCADEJAX_CONFIG)" in proc.stderr
-
-
-@pytest.mark.parametrize("process_per, extra", [("gpu", []), ("node", ["--ntasks-per-node=1", "--ntasks=3"])])
-def test_sbatch_script_launches_every_task_with_srun(env, process_per, extra):
-  env.update(SLURM_JOB_ID="42", SLURM_JOB_NUM_NODES="3", SLURM_CPUS_PER_TASK="6")
-  export, srun = dry(GPU / "slurm_multinode.sbatch", "--config", "configs/default.py", "--workdir", "/s/w",
-                     "--process-per", process_per, "--env", "K=v w", "--venv", "/opt/venv", "--", "--config.x=1",
-                     env=env)
-  assert export == ["export", "CASCADEJAX_DISTRIBUTED=1", "PYTHONUNBUFFERED=1", "K=v w"]
-  assert srun == ["srun", "--label", "--kill-on-bad-exit=1", "--cpus-per-task=6", *extra, "bash",
-                  str(GPU / "slurm_task.sh"), "--process-per", process_per, "--", "/opt/venv/bin/python", "train.py",
-                  "--config", "configs/default.py", "--workdir", "/s/w", "--config.x=1"]
-  proc = run(GPU / "slurm_multinode.sbatch", "--config", "c", "--workdir", "w", env=env | {"SLURM_JOB_ID": ""})
-  assert proc.returncode == 1 and "not inside a SLURM job" in proc.stderr
-
-
-@pytest.mark.parametrize("process_per, visible, preset, expected", [
-    ("node", "0,1,2,3", None, "0,1,2,3"),   # one process drives the node's 4 GPUs
-    ("gpu", "5", None, "0"),                # SLURM bound one GPU to the task: it is device 0
-    ("gpu", "0,1,2,3", None, None),         # all visible: JAX picks SLURM_LOCALID itself
-    ("gpu", "", None, None),
-    ("node", "0,1", "1", "1")])             # the user's choice wins
-def test_slurm_task_chooses_the_local_devices(env, process_per, visible, preset, expected):
-  env["CUDA_VISIBLE_DEVICES"] = visible
-  if preset is not None:
-    env["JAX_LOCAL_DEVICE_IDS"] = preset
-  proc = run(GPU / "slurm_task.sh", "--process-per", process_per, "--", "printenv", "JAX_LOCAL_DEVICE_IDS", env=env)
-  if expected is None:
-    assert proc.returncode == 1 and proc.stdout == ""
-  else:
-    assert proc.returncode == 0 and proc.stdout == expected + "\n"
 
 
 # ---- the worker side, run for real on this machine ----
