@@ -98,16 +98,16 @@ def run_one(config: ConfigDict, workdir: str) -> dict:
       return json.load(f)
   start = time.perf_counter()
   try:
-    report = trainer.train_and_evaluate(config, workdir)
+    report, record, path = trainer.train_and_evaluate(config, workdir), {}, wall_path
   except trainer.NonFiniteLossError as err:
     logging.warning("compare: %s diverged: %s", workdir, err)
-    outcome, path = {"diverged_step": err.step, "wall_s": time.perf_counter() - start}, diverged_path
-  else:
-    outcome, path = {**report, "wall_s": time.perf_counter() - start}, wall_path
+    report = record = {"diverged_step": err.step}
+    path = diverged_path
+  record = {**record, "wall_s": time.perf_counter() - start}  # what the marker file keeps
   with open(path, "w") as f:
-    json.dump({k: outcome[k] for k in ("diverged_step", "wall_s") if k in outcome}, f)
+    json.dump(record, f)
   jax.clear_caches()
-  return outcome
+  return {**report, **record}
 
 
 def metric_names(rows: list[dict]) -> list[str]:

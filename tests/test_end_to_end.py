@@ -14,8 +14,8 @@ import pytest
 
 from cascadejax import export, metric_writer, sharding, trainer
 from cascadejax.data import pipeline
-from cascadejax.experiment import Experiment
 from cascadejax.evaluate import evaluate_workdir, restore
+from cascadejax.experiment import Experiment
 from tests.conftest import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -148,7 +148,7 @@ def test_accumulate_sums_each_metric_key():
   assert {k: float(v) for k, v in both.items()} == {"loss": 1.0, "recall": 0.75}
 
 
-def test_gradient_norm_overflow_stops_training(tmp_path):
+def test_gradient_norm_overflow_stops_training():
   # Finite gradients near 1e30 whose global norm overflows float32: clipping would zero the update.
   exp = Experiment.build(tiny_config())
   loss = exp.method.loss
