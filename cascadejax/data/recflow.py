@@ -313,9 +313,9 @@ def load(cfg: ConfigDict, num_stages: int) -> CascadeData:
   check_config(cfg, num_stages)
   paths = _paths(cfg)
   root = os.path.expanduser(cfg.dir)
-  files = [(os.path.relpath(p, root), os.stat(p).st_size, os.stat(p).st_mtime_ns)
-           for ps in paths.values() for p in ps]
+  stamps = [(os.path.relpath(p, root), os.stat(p).st_size, os.stat(p).st_mtime_ns)
+            for ps in paths.values() for p in ps]
   settings = {k: v for k, v in cfg.items() if k not in ("dir", "cache_dir")}
-  key = {"version": FORMAT_VERSION, "num_stages": num_stages, "config": settings, "files": files}
+  key = {"version": FORMAT_VERSION, "num_stages": num_stages, "config": settings, "files": stamps}
   cache_dir = cfg.get("cache_dir") or None
   return cache.cached("recflow", key, lambda: build(cfg, num_stages, paths), cache_dir=cache_dir)
