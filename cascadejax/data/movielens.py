@@ -28,17 +28,17 @@ Documented filters instead drop rows and log (and return in `MovieLens.counts`) 
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import os
 import re
-import zlib
 
 import numpy as np
 from absl import logging
 
+from cascadejax.data import movielens_files as files
+from cascadejax.data.movielens_files import DOWNLOAD
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_DIR = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "movielens-1m"))
-DOWNLOAD = "https://grouplens.org/datasets/movielens/"
 INTERACTION_FILES = ("ratings.dat", "ratings.dat.gz", "u.data", "interactions.csv.gz", "interactions.csv",
                      "ratings-partial.dat.gz", "ratings-partial.dat")
 USER_FILES, ITEM_FILES = ("users.dat", "u.user"), ("movies.dat", "u.item")
@@ -102,61 +102,9 @@ def source_files(directory: str, interactions: str = "auto") -> dict[str, str | 
           "items": pick(ITEM_FILES), "genres": genre}
 
 
-def read_lines(path: str) -> list[str]:
-  """The file's lines (gzip if the name ends in .gz), decoded as latin-1; raises on empty or truncated files."""
-  chunks: list[bytes] = []
-  try:
-    with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as f:
-      while chunk := f.read(1 << 22):
-        chunks.append(chunk)
-  except (EOFError, zlib.error, gzip.BadGzipFile) as e:
-    rows = b"".join(chunks).count(b"\n")
-    raise ValueError(f"{path}: truncated or corrupt gzip stream ({e}); it ends after about {rows} complete "
-                     f"rows, so row {rows + 1} onwards is missing. Download the file again from {DOWNLOAD}") from e
-  lines = b"".join(chunks).decode("latin-1").splitlines()
-  if not any(line.strip() for line in lines):
-    raise ValueError(f"{path}: empty file (no rows)")
-  return lines
-
-
-def split_fields(lines: list[str], path: str, sep: str, names: tuple[str, ...], first_row: int = 1,
-                 maxsplit: int = -1) -> list[list[str]]:
-  """Each line split on `sep`, checking that it has exactly one field per name."""
-  fields = [line.split(sep, maxsplit) for line in lines]
-  for i, f in enumerate(fields):
-    if len(f) != len(names):
-      what = (f"missing column {names[len(f)]!r}" if len(f) < len(names) else
-              f"{len(f)} fields where {len(names)} are expected")
-      raise ValueError(f"{path}: row {first_row + i}: {what} (expected {sep.join(names)}), got {lines[i]!r}")
-  return fields
-
-
-def column(fields: list[list[str]], j: int, path: str, name: str, first_row: int = 1,
-           kind: str = "id") -> np.ndarray:
-  """Field `j` of every row as int64 ("id": > 0, "int": >= 0) or float64 ("float": finite)."""
-  values = [f[j].strip() for f in fields]
-  try:
-    out = np.array(values, dtype=np.float64 if kind == "float" else np.int64)
-  except (ValueError, OverflowError):
-    for i, v in enumerate(values):
-      try:
-        float(v) if kind == "float" else np.int64(int(v))
-      except (ValueError, OverflowError):
-        want = "a number" if kind == "float" else "an integer"
-        raise ValueError(f"{path}: row {first_row + i}, column {name!r}: {v!r} is not {want}") from None
-    raise
-  bad = ~np.isfinite(out) if kind == "float" else out <= 0 if kind == "id" else out < 0
-  if bad.any():
-    i = int(np.argmax(bad))
-    why = {"float": "is not a finite number", "id": "is not a positive id (MovieLens ids start at 1)",
-           "int": "is negative"}[kind]
-    raise ValueError(f"{path}: row {first_row + i}, column {name!r}: {values[i]!r} {why}")
-  return out
-
-
 def read_interactions(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, int]:
   """(user ids, item ids, ratings or None, timestamps or None, line number of the first data row)."""
-  lines = read_lines(path)
+  lines = files.read_lines(path)
   name = os.path.basename(path)
   if ".csv" in name:
     header = [h.strip() for h in lines[0].split(",")]
@@ -167,12 +115,12 @@ def read_interactions(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | N
                          f"(accepted names {CSV_COLUMNS[key]}), header is {header}")
     if len(lines) < 2:
       raise ValueError(f"{path}: empty file (a header and no rows)")
-    fields, first = split_fields(lines[1:], path, ",", tuple(header), 2), 2
+    fields, first = files.split_fields(lines[1:], path, ",", tuple(header), 2), 2
   else:
     sep = "\t" if name.startswith("u.data") else "::"
     pos = {"user_id": 0, "movie_id": 1, "rating": 2, "timestamp": 3}
-    fields, first = split_fields(lines, path, sep, tuple(pos)), 1
-  get = lambda key, kind: None if pos[key] is None else column(fields, pos[key], path, key, first, kind)
+    fields, first = files.split_fields(lines, path, sep, tuple(pos)), 1
+  get = lambda key, kind: None if pos[key] is None else files.column(fields, pos[key], path, key, first, kind)
   return get("user_id", "id"), get("movie_id", "id"), get("rating", "float"), get("timestamp", "int"), first
 
 
@@ -182,28 +130,20 @@ def _codes(values: list[str]) -> tuple[np.ndarray, int]:
   return (codes + 1).astype(np.int32), len(vocab) + 1
 
 
-def _unique_ids(ids: np.ndarray, path: str, name: str, first_row: int = 1) -> None:
-  _, index, counts = np.unique(ids, return_index=True, return_counts=True)
-  if (counts > 1).any():
-    dup = ids[index[counts > 1][0]]
-    rows = np.flatnonzero(ids == dup)[:2] + first_row
-    raise ValueError(f"{path}: row {rows[1]}, column {name!r}: id {dup} is listed again (first at row {rows[0]})")
-
-
 def read_users(path: str) -> tuple[np.ndarray, dict[str, list[str]]]:
   """User ids and their raw categorical fields (gender, age group, occupation)."""
-  lines = read_lines(path)
+  lines = files.read_lines(path)
   if os.path.basename(path) == "u.user":
-    fields = split_fields(lines, path, "|", ("user_id", "age", "gender", "occupation", "zip"))
-    age = AGE_CODES[np.searchsorted(AGE_CODES, column(fields, 1, path, "age", kind="int"), side="right") - 1]
+    fields = files.split_fields(lines, path, "|", ("user_id", "age", "gender", "occupation", "zip"))
+    age = AGE_CODES[np.searchsorted(AGE_CODES, files.column(fields, 1, path, "age", kind="int"), side="right") - 1]
     cols = {"age": [str(a) for a in np.maximum(age, 1)], "gender": [f[2] for f in fields],
             "occupation": [f[3] for f in fields]}
   else:
-    fields = split_fields(lines, path, "::", ("user_id", "gender", "age", "occupation", "zip"))
-    cols = {"gender": [f[1] for f in fields], "age": [str(v) for v in column(fields, 2, path, "age", kind="int")],
-            "occupation": [str(v) for v in column(fields, 3, path, "occupation", kind="int")]}
-  ids = column(fields, 0, path, "user_id")
-  _unique_ids(ids, path, "user_id")
+    fields = files.split_fields(lines, path, "::", ("user_id", "gender", "age", "occupation", "zip"))
+    cols = {"gender": [f[1] for f in fields], "age": [str(v) for v in files.column(fields, 2, path, "age", kind="int")],
+            "occupation": [str(v) for v in files.column(fields, 3, path, "occupation", kind="int")]}
+  ids = files.column(fields, 0, path, "user_id")
+  files.unique_ids(ids, path, "user_id")
   for name, values in cols.items():
     empty = [i for i, v in enumerate(values) if not v.strip()]
     if empty:
@@ -213,15 +153,15 @@ def read_users(path: str) -> tuple[np.ndarray, dict[str, list[str]]]:
 
 def read_items(path: str, genre_path: str | None = None) -> tuple[np.ndarray, dict[str, list[str]]]:
   """Movie ids and their raw categorical fields: first listed genre and release year ("unknown" if absent)."""
-  lines = read_lines(path)
+  lines = files.read_lines(path)
   if os.path.basename(path) == "u.item":
-    fields = split_fields(lines, path, "|", ("movie_id", "title", "release_date", "video_date", "url")
+    fields = files.split_fields(lines, path, "|", ("movie_id", "title", "release_date", "video_date", "url")
                           + tuple(f"genre_{j}" for j in range(19)))
     names = [f"genre_{j}" for j in range(19)]
     if genre_path:
-      pairs = [line.rsplit("|", 1) for line in read_lines(genre_path) if line.strip()]
+      pairs = [line.rsplit("|", 1) for line in files.read_lines(genre_path) if line.strip()]
       names = [p[0] for p in sorted(pairs, key=lambda p: int(p[1]))]
-    flags = np.stack([column(fields, 5 + j, path, f"genre_{j}", kind="int") for j in range(19)], 1)
+    flags = np.stack([files.column(fields, 5 + j, path, f"genre_{j}", kind="int") for j in range(19)], 1)
     if (flags > 1).any():
       row, j = np.argwhere(flags > 1)[0]
       raise ValueError(f"{path}: row {row + 1}, column 'genre_{j}': genre flags must be 0 or 1, got {flags[row, j]}")
@@ -241,8 +181,8 @@ def read_items(path: str, genre_path: str | None = None) -> tuple[np.ndarray, di
     if empty:
       raise ValueError(f"{path}: row {empty[0] + 1}, column 'genres': empty value")
     year = [m.group(1) if (m := re.search(r"\((\d{4})\)\s*$", f[1])) else "unknown" for f in fields]
-  ids = column(fields, 0, path, "movie_id")
-  _unique_ids(ids, path, "movie_id")
+  ids = files.column(fields, 0, path, "movie_id")
+  files.unique_ids(ids, path, "movie_id")
   return ids, {"genre": genre, "year": year}
 
 
@@ -257,8 +197,8 @@ def _first_missing(ids: np.ndarray, known: np.ndarray, path: str, name: str, sid
 def read(directory: str, interactions: str = "auto", *, duplicates: str = "error",
          min_rating: float = 0.0) -> MovieLens:
   """Reads and checks a MovieLens directory (see the module docstring for the rules)."""
-  files = source_files(directory, interactions)
-  path = files["interactions"]
+  sources = source_files(directory, interactions)
+  path = sources["interactions"]
   users, items, rating, timestamp, first = read_interactions(path)
   counts = {"rows": len(users)}
   keep = np.ones(len(users), bool)
@@ -286,12 +226,12 @@ def read(directory: str, interactions: str = "auto", *, duplicates: str = "error
 
   side = {}
   for side_name, col, ids in (("users", "user_id", users), ("items", "movie_id", items)):
-    if files[side_name] is None:
+    if sources[side_name] is None:
       logging.warning("%s: no %s file in %s; no %s side features", path, side_name, directory, side_name)
       continue
-    table_ids, cols = (read_users(files["users"]) if side_name == "users"
-                       else read_items(files["items"], files["genres"]))
-    _first_missing(ids, table_ids, path, col, files[side_name], first)
+    table_ids, cols = (read_users(sources["users"]) if side_name == "users"
+                       else read_items(sources["items"], sources["genres"]))
+    _first_missing(ids, table_ids, path, col, sources[side_name], first)
     side[side_name] = (table_ids, cols)
 
   users, items = users[keep], items[keep]
@@ -309,4 +249,4 @@ def read(directory: str, interactions: str = "auto", *, duplicates: str = "error
   return MovieLens(user=user.astype(np.int64), item=item.astype(np.int64),
                    timestamp=None if timestamp is None else timestamp[keep], user_ids=user_ids, item_ids=item_ids,
                    user_features=feats["users"], item_features=feats["items"], vocab=vocab,
-                   files=tuple(f for f in files.values() if f), counts=counts)
+                   files=tuple(f for f in sources.values() if f), counts=counts)
