@@ -25,6 +25,10 @@ requests drawn from one stream.
 
 Opt-in extras (absent keys keep the default data bit for bit):
 
+- `config.data.layout`: "default" (the above) or "recflow": each request holds `per_group`
+  candidates of every stage group of a deeper production cascade, as LCRON's RecFlow protocol
+  samples them (`cascadejax/data/synthetic_recflow.py`).
+
 - `config.data.feedback`: feedback fields to log, from ("click", "like", "long_view"); default
   ("click",). Likes and long views happen only on clicked items, each driven by a different part of
   the utility, so multi-task rankers have tasks that disagree:
@@ -121,24 +125,71 @@ def teacher_views(cfg: ConfigDict, world: World, user: np.ndarray, context: np.n
   return retrieval_view, utility
 
 
+def draw_requests(cfg: ConfigDict, rng: np.random.Generator,
+                  num_requests: int) -> tuple[np.ndarray, np.ndarray]:
+  """Draws `num_requests` requests: `[R]` 0-based users (active users more often) and contexts."""
+  activity = np.exp(0.5 * rng.normal(size=cfg.num_users))
+  user = rng.choice(cfg.num_users, size=num_requests, p=activity / activity.sum())
+  return user, rng.integers(0, cfg.num_contexts, num_requests)
+
+
+def upstream_candidates(cfg: ConfigDict, world: World, rng: np.random.Generator, user: np.ndarray,
+                        n: int) -> np.ndarray:
+  """`[B, n]` distinct 0-based items per user, drawn without replacement as upstream retrieval would:
+  with probability proportional to exp(retrieval view / candidate_temperature), most likely first."""
+  upstream = cfg.w_dot * world.user_factors[user] @ world.item_factors.T + cfg.w_pop * world.popularity
+  return _gumbel_topk(rng, upstream / cfg.candidate_temperature, n)
+
+
+def extra_feedback(cfg: ConfigDict, world: World, rng: np.random.Generator, user: np.ndarray,
+                   cand: np.ndarray, click: np.ndarray) -> dict[str, np.ndarray]:
+  """The opt-in `like` / `long_view` fields (see the module docstring) for `[B]` users, `[B, N]` items."""
+  feedback = {}
+  requested = tuple(cfg.get("feedback", ("click",)))
+  if "like" in requested:
+    taste = world.cross[world.user_group[user][:, None], world.item_category[cand]]
+    p = 1.0 / (1.0 + np.exp(cfg.get("like_offset", 1.0) - 2.0 * taste))
+    feedback["like"] = (click * (rng.random(click.shape) < p)).astype(np.float32)
+  if "long_view" in requested:
+    affinity = np.einsum("bd,bnd->bn", world.user_factors[user], world.item_factors[cand])
+    p = 1.0 / (1.0 + np.exp(cfg.get("long_view_offset", 0.5) - 2.0 * affinity))
+    feedback["long_view"] = (click * (rng.random(click.shape) < p)).astype(np.float32)
+  return feedback
+
+
+def id_features(cfg: ConfigDict, world: World, user: np.ndarray, context: np.ndarray, cand: np.ndarray,
+                mask: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+  """The logged id features `(user, items)` of `[B]` requests with `[B, N]` 0-based candidates.
+
+  Ids are 1-based, 0 = padding (where `mask` is False); the opt-in crosses are included.
+  """
+  ids = lambda a: np.where(mask, a + 1, 0).astype(np.int32)
+  user_ids = {"user_id": (user + 1).astype(np.int32),
+              "user_group": (world.user_group[user] + 1).astype(np.int32),
+              "context": (context + 1).astype(np.int32)}
+  item_ids = {"item_id": ids(cand), "category": ids(world.item_category[cand]),
+              "creator": ids(world.item_creator[cand])}
+  sizes = {f.name: f.vocab_size for f in features(cfg)}
+  crosses = {}
+  for a, b in cfg.get("cross_features", ()):
+    pair = (user_ids[a][:, None].astype(np.int64) - 1) * (sizes[b] - 1) + item_ids[b] - 1 + 1
+    crosses[f"{a}_x_{b}"] = np.where(mask, pair, 0).astype(np.int32)
+  return {**user_ids, "history": world.history[user]}, {**item_ids, **crosses}
+
+
 def _log_cascade(cfg: ConfigDict, world: World, rng: np.random.Generator, num_requests: int):
   """Draws requests and runs the production cascade on them; returns a NumPy `CascadeBatch`."""
   n, ks, noise = cfg.list_size, tuple(cfg.production.ks), tuple(cfg.production.noise)
-  activity = np.exp(0.5 * rng.normal(size=cfg.num_users))
-  user = rng.choice(cfg.num_users, size=num_requests, p=activity / activity.sum())
-  context = rng.integers(0, cfg.num_contexts, num_requests)
+  user, context = draw_requests(cfg, rng, num_requests)
   n_valid = rng.integers(cfg.min_candidates, n + 1, num_requests)
   mask = np.arange(n) < n_valid[:, None]
 
   cand = np.empty((num_requests, n), np.int64)
   for lo in range(0, num_requests, 2048):
     hi = min(lo + 2048, num_requests)
-    upstream = (cfg.w_dot * world.user_factors[user[lo:hi]] @ world.item_factors.T
-                + cfg.w_pop * world.popularity)
-    cand[lo:hi] = _gumbel_topk(rng, upstream / cfg.candidate_temperature, n)
+    cand[lo:hi] = upstream_candidates(cfg, world, rng, user[lo:hi], n)
   cand = np.take_along_axis(cand, rng.permuted(np.tile(np.arange(n), (num_requests, 1)), axis=1), 1)
 
-  cat = world.item_category[cand]
   retrieval_view, utility = teacher_views(cfg, world, user, context, cand)
 
   stage = np.zeros((num_requests, n), np.int32)
@@ -155,31 +206,9 @@ def _log_cascade(cfg: ConfigDict, world: World, rng: np.random.Generator, num_re
   label = np.where(mask, stage + 1.0 / (1.0 + np.exp(-decided)), 0.0).astype(np.float32)
   click_p = 1.0 / (1.0 + np.exp(cfg.click_offset - utility))
   click = (alive & (rng.random(utility.shape) < click_p)).astype(np.float32)
-  feedback = {"click": click}
-  requested = tuple(cfg.get("feedback", ("click",)))
-  if "like" in requested:
-    taste = world.cross[world.user_group[user][:, None], cat]
-    p = 1.0 / (1.0 + np.exp(cfg.get("like_offset", 1.0) - 2.0 * taste))
-    feedback["like"] = (click * (rng.random(click.shape) < p)).astype(np.float32)
-  if "long_view" in requested:
-    affinity = np.einsum("bd,bnd->bn", world.user_factors[user], world.item_factors[cand])
-    p = 1.0 / (1.0 + np.exp(cfg.get("long_view_offset", 0.5) - 2.0 * affinity))
-    feedback["long_view"] = (click * (rng.random(click.shape) < p)).astype(np.float32)
-
-  ids = lambda a: np.where(mask, a + 1, 0).astype(np.int32)  # 0 is the padding id
-  user_ids = {"user_id": (user + 1).astype(np.int32),
-              "user_group": (world.user_group[user] + 1).astype(np.int32),
-              "context": (context + 1).astype(np.int32)}
-  item_ids = {"item_id": ids(cand), "category": ids(cat), "creator": ids(world.item_creator[cand])}
-  sizes = {f.name: f.vocab_size for f in features(cfg)}
-  crosses = {}
-  for a, b in cfg.get("cross_features", ()):
-    pair = (user_ids[a][:, None].astype(np.int64) - 1) * (sizes[b] - 1) + item_ids[b] - 1 + 1
-    crosses[f"{a}_x_{b}"] = np.where(mask, pair, 0).astype(np.int32)
-  return CascadeBatch(
-      user={**user_ids, "history": world.history[user]},
-      items={**item_ids, **crosses},
-      stage=stage, label=label, mask=mask, feedback=feedback)
+  feedback = {"click": click, **extra_feedback(cfg, world, rng, user, cand, click)}
+  user_ids, item_ids = id_features(cfg, world, user, context, cand, mask)
+  return CascadeBatch(user=user_ids, items=item_ids, stage=stage, label=label, mask=mask, feedback=feedback)
 
 
 def features(cfg: ConfigDict) -> tuple[FeatureSpec, ...]:
@@ -195,6 +224,7 @@ def features(cfg: ConfigDict) -> tuple[FeatureSpec, ...]:
   ) + cross_features(cfg)
 
 
+LAYOUTS = ("default", "recflow")  # config.data.layout: how each request's candidates are sampled
 USER_FEATURES = ("user_id", "user_group", "context")
 ITEM_FEATURES = ("item_id", "category", "creator")
 FEEDBACK = ("click", "like", "long_view")
@@ -209,7 +239,25 @@ def cross_features(cfg: ConfigDict) -> tuple[FeatureSpec, ...]:
 
 
 def check_config(cfg: ConfigDict, num_stages: int) -> None:
-  """Raises `ValueError` naming the `config.data` key that makes the simulation impossible."""
+  """Raises `ValueError` naming the `config.data` key that makes the simulation impossible.
+
+  Args:
+    cfg: the `config.data` section.
+    num_stages: S, the number of stages of the cascade the data is for.
+  """
+  layout = cfg.get("layout", "default")
+  if layout not in LAYOUTS:
+    raise ValueError(f"config.data.layout: unknown layout {layout!r}; available: {LAYOUTS}")
+  if layout == "recflow":
+    from cascadejax.data import synthetic_recflow  # noqa: PLC0415 (it builds on this module)
+    synthetic_recflow.check_layout(cfg, num_stages)
+  else:
+    _check_default_layout(cfg, num_stages)
+  check_world_and_feedback(cfg)
+
+
+def _check_default_layout(cfg: ConfigDict, num_stages: int) -> None:
+  """The list-size and production-cascade checks of the default layout."""
   ks, noise = tuple(cfg.production.ks), tuple(cfg.production.noise)
   if len(ks) != num_stages:
     raise ValueError(f"config.data.production.ks has {len(ks)} stages but the cascade has {num_stages}")
@@ -225,6 +273,10 @@ def check_config(cfg: ConfigDict, num_stages: int) -> None:
       raise ValueError(f"config.data.production.ks[{s}]={k} must be in [1, {prev}): each production "
                        "stage must keep fewer candidates than it receives (min_candidates for stage 1)")
     prev = k
+
+
+def check_world_and_feedback(cfg: ConfigDict) -> None:
+  """The checks every layout shares: histories, feedback fields, crosses, split sizes."""
   if not 1 <= cfg.min_history <= cfg.history_len:
     raise ValueError(f"config.data.min_history={cfg.min_history} must be in [1, history_len={cfg.history_len}]")
   unknown = sorted(set(cfg.get("feedback", ("click",))) - set(FEEDBACK))
@@ -268,7 +320,11 @@ def load(cfg: ConfigDict, num_stages: int) -> CascadeData:
   world_rng, log_rng = _rngs(cfg)
   world = make_world(cfg, world_rng)
   total = cfg.num_train + cfg.num_test
-  logs = _log_cascade(cfg, world, log_rng, total)
+  if cfg.get("layout", "default") == "recflow":
+    from cascadejax.data import synthetic_recflow  # noqa: PLC0415 (it builds on this module)
+    logs = synthetic_recflow.log_requests(cfg, world, log_rng, total, num_stages)
+  else:
+    logs = _log_cascade(cfg, world, log_rng, total)
   request_ids = np.arange(total)
   split = {"train": slice(0, cfg.num_train), "test": slice(cfg.num_train, total)}
   return CascadeData(
