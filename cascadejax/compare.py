@@ -15,10 +15,21 @@ method's options come from `config.method.<method>` when the config has that sec
 method's defaults. A run that diverges (`trainer.NonFiniteLossError`) is recorded with the step it
 diverged at, not retried, and the table says how many seeds of each method diverged.
 
+Tuning without touching the test seeds: `--tune lcron:temperature=10,50,200` (repeatable, one per
+entry; METHOD is a --methods entry, with its own overrides if it has any) first trains every value on
+`--tune_seeds` validation seeds (seed indices 1000, 1001, ...; `cascadejax.tuning.TUNE_OFFSET`), each
+holding out the last `--valid_fraction` of its training requests as split "valid"
+(`config.data.valid_fraction`) and evaluating there (`config.train.eval_split = "valid"`), into
+`OUT/tune/<method>/<option>=<value>/seed<j>`. The value with the highest mean validation
+`recall_e2e` (ties: the first listed; a value that diverged on any seed is never chosen; if all
+diverge, the configured value is kept) then trains the test seeds like any entry, reported as
+`lcron (tuned temperature=10)`. `cascadejax/tuning.py` has the protocol.
+
 Outputs in OUT: `runs.csv` (one row per run: final test metrics and wall time), `summary.csv` (mean
-and std per method), `results.md` (the table, with paired differences against the first method) and
-`recall_e2e.png` (every seed's `recall_e2e` per method; needs matplotlib, `pip install
-cascadejax[plot]`).
+and std per method), `results.md` (the table, with paired differences against the first method, and
+with --tune a "Tuning" section: every value's validation `recall_e2e`, the choice marked),
+`tuning.csv` (the same per value, with --tune) and `recall_e2e.png` (every seed's `recall_e2e` per
+method; needs matplotlib, `pip install cascadejax[plot]`).
 """
 
 from __future__ import annotations
@@ -27,20 +38,25 @@ import ast
 import csv
 import json
 import os
-import re
 import time
+from typing import Sequence
 
 import jax
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 
-from cascadejax import configuration, metric_writer, trainer
+from cascadejax import configuration, metric_writer, trainer, tuning
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file of the comparison.")
 _METHODS = flags.DEFINE_list("methods", None, "Comma-separated method names, the first is the reference.")
 _SEEDS = flags.DEFINE_integer("seeds", 5, "Number of seeds.")
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
+_TUNE = flags.DEFINE_multi_string("tune", [], "METHOD:OPTION=v1,v2,...: choose OPTION of that --methods entry "
+                                  "on validation runs before the test runs (repeatable, one per entry).")
+_TUNE_SEEDS = flags.DEFINE_integer("tune_seeds", 3, "Validation seeds per --tune value.")
+_VALID_FRACTION = flags.DEFINE_float("valid_fraction", 0.1, "Share of the training requests the --tune "
+                                     "runs hold out and evaluate on (config.data.valid_fraction).")
 
 WALL_FILE = "compare_wall_s.json"
 DIVERGED_FILE = "compare_diverged.json"
@@ -198,29 +214,54 @@ def plot(rows: list[dict], methods: list[str], path: str) -> bool:
   return True
 
 
-def compare(config: ConfigDict, methods: list[str], seeds: int, out: str) -> list[dict]:
-  """Runs every (method, seed), writes the outputs, and returns one row per run."""
+def compare(config: ConfigDict, methods: list[str], seeds: int, out: str, tune: Sequence[str] = (),
+            tune_seeds: int = 3, valid_fraction: float = 0.1) -> list[dict]:
+  """Runs every (method, seed), writes the outputs, and returns one row per run.
+
+  Args:
+    config: the comparison's config.
+    methods: method entries (`NAME` or `NAME:option=value:...`); the first is the paired reference.
+    seeds: test seeds per method.
+    out: output directory.
+    tune: `--tune` specs (`METHOD:OPTION=v1,v2,...`): those entries' option is chosen on validation
+      runs first (`cascadejax.tuning`) and their rows are labelled with the chosen value.
+    tune_seeds, valid_fraction: validation seeds per value, and the training share they hold out.
+
+  Returns:
+    One row per test run: `method` (the table's label), `seed` and the final numeric metrics.
+  """
   if seeds < 1 or not methods:
     raise ValueError("compare: need at least one method and --seeds >= 1")
-  for m in methods:  # fail on a bad method name before training anything
+  for m in methods:  # fail on a bad method name or --tune spec before training anything
     configuration.validate(run_config(config, m, 0))
+  specs = tuning.parse_all(config, list(tune), methods, seeds=seeds, tune_seeds=tune_seeds,
+                           valid_fraction=valid_fraction, run_config=run_config)
+  tuned = {}
+  for spec in specs:
+    logging.info("compare: tuning %s over %s on %d validation seeds", spec.entry, spec.option, tune_seeds)
+    tuned[spec.entry] = tuning.tune(config, spec, tune_seeds=tune_seeds, valid_fraction=valid_fraction, out=out,
+                                    run_config=run_config, run_one=run_one)
+  runs = [(tuned[m].label, tuned[m].method) if m in tuned else (m, m) for m in methods]  # (label, spec)
+  labels = [label for label, _ in runs]
   rows = []
   for seed in range(seeds):
-    for m in methods:
-      logging.info("compare: %s, seed %d of %d", m, seed + 1, seeds)
-      folder = re.sub(r"[^A-Za-z0-9_.=-]+", "_", m)
-      report = run_one(run_config(config, m, seed), os.path.join(out, "runs", folder, f"seed{seed}"))
-      rows.append({"method": m, "seed": seed, **{k: v for k, v in report.items()
-                                                 if isinstance(v, (int, float)) and k != "final"}})
-  summary = summarize(rows, methods)
+    for label, m in runs:
+      logging.info("compare: %s, seed %d of %d", label, seed + 1, seeds)
+      report = run_one(run_config(config, m, seed), os.path.join(out, "runs", tuning.folder(m), f"seed{seed}"))
+      rows.append({"method": label, "seed": seed, **{k: v for k, v in report.items()
+                                                     if isinstance(v, (int, float)) and k != "final"}})
+  summary = summarize(rows, labels)
   for name, table in (("runs.csv", rows), ("summary.csv", summary)):
     with open(os.path.join(out, name), "w", newline="") as f:
       writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in table for k in r)))
       writer.writeheader()
       writer.writerows(table)
   with open(os.path.join(out, "results.md"), "w") as f:
-    f.write(markdown(rows, summary, methods))
-  if not plot(rows, methods, os.path.join(out, "recall_e2e.png")):
+    f.write(markdown(rows, summary, labels))
+    f.write(tuning.markdown(list(tuned.values()), tune_seeds=tune_seeds, valid_fraction=valid_fraction))
+  if tuned:
+    tuning.write_csv(list(tuned.values()), os.path.join(out, "tuning.csv"))
+  if not plot(rows, labels, os.path.join(out, "recall_e2e.png")):
     logging.warning("matplotlib is not installed: no plot (pip install 'cascadejax[plot]')")
   return rows
 
@@ -231,7 +272,8 @@ def main(argv):
     raise app.UsageError("--config, --methods and --out are required")
   trainer.quiet_library_logs()
   os.makedirs(_OUT.value, exist_ok=True)
-  compare(_CONFIG.value, _METHODS.value, _SEEDS.value, _OUT.value)
+  compare(_CONFIG.value, _METHODS.value, _SEEDS.value, _OUT.value, tune=_TUNE.value,
+          tune_seeds=_TUNE_SEEDS.value, valid_fraction=_VALID_FRACTION.value)
   with open(os.path.join(_OUT.value, "results.md")) as f:
     print(f.read())
 

@@ -13,6 +13,7 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from cascadejax import models
+from cascadejax.data import check_valid_fraction
 from cascadejax.sharded_embedding import PLACEMENTS, ROUTINGS
 
 # Keys every config must define, with the types they must have.
@@ -114,6 +115,20 @@ def validate(config: ConfigDict) -> None:
   if "data" not in config.mesh.axes:
     raise ValueError(f"config.mesh.axes must include a 'data' axis, got {tuple(config.mesh.axes)}")
   _validate_sharded_embedding(config)
+  _validate_splits(config)
+
+
+def _validate_splits(config: ConfigDict) -> None:
+  """Checks the optional `config.data.valid_fraction` (absent = 0, no validation split) and
+  `config.train.eval_split` (absent = "test"); the trainer checks that the split exists in the data."""
+  fraction = config.data.get("valid_fraction", ADDED_KEYS["data.valid_fraction"])
+  check_valid_fraction(fraction)
+  split = config.train.get("eval_split", ADDED_KEYS["train.eval_split"])
+  if not isinstance(split, str) or not split:
+    raise ValueError(f"config.train.eval_split must be a split name such as 'test' or 'valid', got {split!r}")
+  if split == "valid" and not fraction:
+    raise ValueError("config.train.eval_split='valid' needs a validation split: set config.data.valid_fraction "
+                     "> 0 (the share of the training requests moved into it)")
 
 
 def _validate_sharded_embedding(config: ConfigDict) -> None:
@@ -192,13 +207,14 @@ def load(workdir: str) -> ConfigDict:
 ADDED_KEYS = {
     "embedding.sharded": False, "embedding.shard_axes": ("model",), "embedding.placement": "mod",
     "embedding.routing": "gather", "embedding.replicate_below": 100_000, "embedding.capacity_factor": 0.0,
+    "data.valid_fraction": 0.0, "train.eval_split": "test",
 }
 
 
 def differing_keys(saved: ConfigDict | dict, current: ConfigDict | dict) -> list[str]:
   """Sorted flattened keys whose values differ between a saved and a current config (`ADDED_KEYS`
-  missing from the saved one count as their listed value)."""
-  a, b = {**ADDED_KEYS, **flatten(saved)}, flatten(current)
+  missing from either count as their listed value: config files need not spell them out either)."""
+  a, b = {**ADDED_KEYS, **flatten(saved)}, {**ADDED_KEYS, **flatten(current)}
   return sorted(k for k in set(a) | set(b) if a.get(k, "<missing>") != b.get(k, "<missing>"))
 
 
@@ -211,7 +227,7 @@ def check_resumable(saved: ConfigDict, current: ConfigDict, workdir: str) -> lis
   Raises:
     ValueError: listing every other differing key, since resuming would mix two experiments.
   """
-  a, b = {**ADDED_KEYS, **flatten(saved)}, flatten(current)
+  a, b = {**ADDED_KEYS, **flatten(saved)}, {**ADDED_KEYS, **flatten(current)}
   changed = differing_keys(saved, current)
   bad = [k for k in changed if k not in RESUMABLE_CHANGES]
   if bad:

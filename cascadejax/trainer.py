@@ -72,7 +72,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
       If it already holds a checkpoint of the same config, training resumes from it.
 
   Returns:
-    The final evaluation report (also the last line of `metrics.jsonl`, with `"final": true`).
+    The final evaluation report on split `config.train.eval_split` (default "test"; also the last
+    line of `metrics.jsonl`, with `"final": true` and `"split"` naming it).
 
   Raises:
     ValueError: for a bad config (naming the key) or a workdir holding a different run.
@@ -89,6 +90,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
   # ---- experiment: mesh, data, model and optimizer, sharding, jitted steps ----
   exp = Experiment.build(config)
   cfg = config.train
+  eval_split = cfg.get("eval_split", configuration.ADDED_KEYS["train.eval_split"])
+  if eval_split not in exp.data.splits:  # before anything is compiled or trained
+    raise ValueError(f"config.train.eval_split: unknown split {eval_split!r}; the data has "
+                     f"{sorted(exp.data.splits)} ('valid' needs config.data.valid_fraction > 0)")
   ds = pipeline.train_dataset(exp.data.splits["train"], global_batch_size=cfg.batch_size, seed=config.seed,
                               process_index=jax.process_index(), process_count=jax.process_count())
   batches = pipeline.train_iterator(ds)
@@ -129,7 +134,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
       writer.write(done, means, split="train")
       sums, count = None, 0
     if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
-      writer.write(done, exp.evaluate(state.params["cascade"], "test"), split="test", final=False)
+      writer.write(done, exp.evaluate(state.params["cascade"], eval_split), split=eval_split, final=False)
     if done % cfg.checkpoint_every == 0 or done == cfg.steps:
       _check_finite(state, checkpointer)
       checkpointer.save(done, state, batches, layout=exp.layout(), force=done == cfg.steps)
@@ -138,9 +143,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
   bar.close()
 
   # ---- final evaluation ----
-  report = writer.write(cfg.steps, exp.evaluate(state.params["cascade"], "test"), split="test", final=True)
+  report = writer.write(cfg.steps, exp.evaluate(state.params["cascade"], eval_split), split=eval_split,
+                        final=True)
   checkpointer.wait()
   checkpointer.close()
   writer.close()
-  logging.info("final test metrics: %s", report)
+  logging.info("final %s metrics: %s", eval_split, report)
   return report
