@@ -26,8 +26,8 @@ diverge, the configured value is kept) then trains the test seeds like any entry
 `lcron (tuned temperature=10)`. `cascadejax/tuning.py` has the protocol.
 
 Outputs in OUT: `runs.csv` (one row per run: final test metrics and wall time), `summary.csv` (mean
-and std per method), `results.md` (the table, with paired differences against the first method, and
-with --tune a "Tuning" section: every value's validation `recall_e2e`, the choice marked),
+and std per method), `results.md` (the table, with paired differences against the first method or
+the `--paired` entries, and with --tune a "Tuning" section: every value's validation `recall_e2e`, the choice marked),
 `tuning.csv` (the same per value, with --tune) and `recall_e2e.png` (every seed's `recall_e2e` per
 method; needs matplotlib, `pip install cascadejax[plot]`).
 """
@@ -51,6 +51,7 @@ from cascadejax import configuration, metric_writer, trainer, tuning
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file of the comparison.")
 _METHODS = flags.DEFINE_list("methods", None, "Comma-separated method names, the first is the reference.")
 _SEEDS = flags.DEFINE_integer("seeds", 5, "Number of seeds.")
+_PAIRED = flags.DEFINE_list("paired", [], "Method entries to show paired differences to (default: the first).")
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
 _TUNE = flags.DEFINE_multi_string("tune", [], "METHOD:OPTION=v1,v2,...: choose OPTION of that --methods entry "
                                   "on validation runs before the test runs (repeatable, one per entry).")
@@ -161,23 +162,33 @@ def _spread(std: float, n: int) -> str:
   return f" ± {std:.4f}" if n > 1 else ""
 
 
-def markdown(rows: list[dict], summary: list[dict], methods: list[str]) -> str:
+def _paired(rows: list[dict], method: str, reference: str) -> str:
+  """`"+0.0123 ± 0.0040 (4/5 seeds better)"`: `method` minus `reference` on the seeds both finished."""
+  ref = {r["seed"]: r["recall_e2e"] for r in rows if r["method"] == reference and "recall_e2e" in r}
+  diffs = np.array([r["recall_e2e"] - ref[r["seed"]] for r in rows
+                    if r["method"] == method and r["seed"] in ref and "recall_e2e" in r])
+  if method == reference or not len(diffs):
+    return ""
+  return (f"{diffs.mean():+.4f}{_spread(diffs.std(ddof=1) if len(diffs) > 1 else 0.0, len(diffs))} "
+          f"({(diffs > 0).sum()}/{len(diffs)} seeds better)")
+
+
+def markdown(rows: list[dict], summary: list[dict], methods: list[str],
+             references: Sequence[str] = ()) -> str:
   """The comparison table: mean +/- std per method (the mean alone for one seed), and the paired
-  difference to the first method."""
+  difference to each of `references` (default: the first method)."""
+  references = list(references) or methods[:1]
   stage_recalls = [n for n in metric_names(rows) if "/recall@" in n and not n.endswith("_random")]
   cols = ["recall_e2e"] + stage_recalls
-  head = ["method", *[f"`{c}`" for c in cols], f"`recall_e2e` minus {methods[0]} (paired)", "wall time"]
+  head = ["method", *[f"`{c}`" for c in cols], *[f"`recall_e2e` minus {r} (paired)" for r in references],
+          "wall time"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  ref = {r["seed"]: r["recall_e2e"] for r in rows if r["method"] == methods[0]}
   for s in summary:
     cells = [f"`{s['method']}`"] + [f"{s[c + '_mean']:.4f}{_spread(s[c + '_std'], s['seeds'])}"
                                     if c + "_mean" in s else "diverged" for c in cols]
-    diffs = np.array([r["recall_e2e"] - ref[r["seed"]] for r in rows
-                      if r["method"] == s["method"] and r["seed"] in ref and "recall_e2e" in r])
-    paired = "" if s["method"] == methods[0] or not len(diffs) else (
-        f"{diffs.mean():+.4f}{_spread(diffs.std(ddof=1) if len(diffs) > 1 else 0.0, len(diffs))} "
-        f"({(diffs > 0).sum()}/{len(diffs)} seeds better)")
-    cells.append("; ".join(x for x in (paired, _diverged(rows, s["method"])) if x))
+    for i, ref in enumerate(references):
+      diverged = _diverged(rows, s["method"]) if i == 0 else ""
+      cells.append("; ".join(x for x in (_paired(rows, s["method"], ref), diverged) if x))
     cells.append(f"{s['wall_s_mean']:.0f} s")
     lines.append("| " + " | ".join(cells) + " |")
   random = [r["recall_e2e_random"] for r in rows if "recall_e2e_random" in r]
@@ -215,7 +226,7 @@ def plot(rows: list[dict], methods: list[str], path: str) -> bool:
 
 
 def compare(config: ConfigDict, methods: list[str], seeds: int, out: str, tune: Sequence[str] = (),
-            tune_seeds: int = 3, valid_fraction: float = 0.1) -> list[dict]:
+            tune_seeds: int = 3, valid_fraction: float = 0.1, paired: Sequence[str] = ()) -> list[dict]:
   """Runs every (method, seed), writes the outputs, and returns one row per run.
 
   Args:
@@ -226,12 +237,16 @@ def compare(config: ConfigDict, methods: list[str], seeds: int, out: str, tune: 
     tune: `--tune` specs (`METHOD:OPTION=v1,v2,...`): those entries' option is chosen on validation
       runs first (`cascadejax.tuning`) and their rows are labelled with the chosen value.
     tune_seeds, valid_fraction: validation seeds per value, and the training share they hold out.
+    paired: method entries the table shows paired differences to (default: the first one).
 
   Returns:
     One row per test run: `method` (the table's label), `seed` and the final numeric metrics.
   """
   if seeds < 1 or not methods:
     raise ValueError("compare: need at least one method and --seeds >= 1")
+  unknown = [m for m in paired if m not in methods]
+  if unknown:
+    raise ValueError(f"compare: --paired {unknown} are not --methods entries {methods}")
   for m in methods:  # fail on a bad method name or --tune spec before training anything
     configuration.validate(run_config(config, m, 0))
   specs = tuning.parse_all(config, list(tune), methods, seeds=seeds, tune_seeds=tune_seeds,
@@ -257,7 +272,7 @@ def compare(config: ConfigDict, methods: list[str], seeds: int, out: str, tune: 
       writer.writeheader()
       writer.writerows(table)
   with open(os.path.join(out, "results.md"), "w") as f:
-    f.write(markdown(rows, summary, labels))
+    f.write(markdown(rows, summary, labels, [labels[methods.index(m)] for m in paired]))
     f.write(tuning.markdown(list(tuned.values()), tune_seeds=tune_seeds, valid_fraction=valid_fraction))
   if tuned:
     tuning.write_csv(list(tuned.values()), os.path.join(out, "tuning.csv"))
@@ -273,7 +288,7 @@ def main(argv):
   trainer.quiet_library_logs()
   os.makedirs(_OUT.value, exist_ok=True)
   compare(_CONFIG.value, _METHODS.value, _SEEDS.value, _OUT.value, tune=_TUNE.value,
-          tune_seeds=_TUNE_SEEDS.value, valid_fraction=_VALID_FRACTION.value)
+          tune_seeds=_TUNE_SEEDS.value, valid_fraction=_VALID_FRACTION.value, paired=_PAIRED.value)
   with open(os.path.join(_OUT.value, "results.md")) as f:
     print(f.read())
 

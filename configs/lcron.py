@@ -27,7 +27,11 @@ def lcron_options() -> ConfigDict:
       joint_k="gt_num",  # k of each stage's factor in L_joint: gt_num | stage | a tuple of ints
       weighting="uncertainty",  # uncertainty (learned w_s) | fixed (relax_weights)
       relax_weights=1.0,  # lambda_s of weighting="fixed": one float or one per stage
-      eps=1e-6))  # added inside every log
+      eps=1e-6,  # added inside every log
+      normaliser_grad=False,  # the column-mass normaliser is held constant in the gradient (published)
+      normaliser_eps=1e-6,  # added to the column mass (published)
+      joint_negative="rest",  # rest (published: a negative survives with 1 - mass below rank k) | top
+      tie_weighting="published"))  # published (fraction for 2 stages, count for 3+) | fraction | count
 
 
 def get_config() -> ConfigDict:

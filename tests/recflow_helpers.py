@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from configs import recflow_two_stage
+from configs.reference import recflow_two_stage
 
 COLUMNS = ("request_id request_timestamp user_id device_id age gender province video_id author_id "
            "category_level_one category_level_two upload_type upload_timestamp duration realshow rerank_pos "

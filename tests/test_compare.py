@@ -96,3 +96,16 @@ def test_table_and_plot_report_diverged_seeds(tmp_path):
   assert "| `icc` | diverged | diverged | diverged on 2/2 seeds (at steps 41, 57) | 2 s |" in table
   assert "| `arf` | 0.6000 | 0.6000 | +0.1000 (1/1 seeds better); diverged on 1/2 seeds (at steps 12) | 6 s |" in table
   assert compare.plot(rows, methods, str(tmp_path / "plot.png")) and os.path.getsize(tmp_path / "plot.png") > 1000
+
+
+def test_markdown_pairs_with_every_reference():
+  rows = [{"method": m, "seed": s, "recall_e2e": v, "wall_s": 1.0}
+          for m, vals in (("bce", (0.5, 0.6)), ("lcron", (0.55, 0.58)), ("arf", (0.6, 0.7))) for s, v in enumerate(vals)]
+  methods = ["bce", "lcron", "arf"]
+  table = compare.markdown(rows, compare.summarize(rows, methods), methods, ["bce", "lcron"])
+  assert "minus bce (paired)" in table and "minus lcron (paired)" in table
+  arf = next(line for line in table.splitlines() if line.startswith("| `arf`"))
+  assert "+0.1000 ± 0.0000 (2/2 seeds better)" in arf   # arf - bce: 0.1, 0.1
+  assert "+0.0850 ± 0.0495 (2/2 seeds better)" in arf   # arf - lcron: 0.05, 0.12
+  with pytest.raises(ValueError, match=r"--paired \['icc'\] are not --methods entries"):
+    compare.compare(tiny_config(), methods, 1, "/nonexistent", paired=["icc"])

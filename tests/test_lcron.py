@@ -88,6 +88,48 @@ def test_k_options_and_fixed_weights():
                              + aux["loss/joint"], rtol=1e-6)
 
 
+def test_quirk_options_give_the_plain_bce_form_and_change_the_gradient():
+  scores, batch = _batch(seed=3)
+  plain = _method(temperature=1.5, normaliser_grad=True, normaliser_eps=0.0, joint_negative="top")
+  w = jnp.array([1.0, 1.0])
+
+  def bce_form(s):  # the textbook form: BCE of soft_topk memberships, joint on their product
+    where = batch.mask
+    y = jnp.asarray(_np_truth(np.asarray(batch.label), np.asarray(where), 2), jnp.float32)
+    p = [soft_topk(s[t], 2, where=where, method="neural_sort", temperature=1.5) for t in range(2)]
+    bce = lambda q: _list_mean(-y * jnp.log(q + 1e-6) - (1 - y) * jnp.log(1 - q + 1e-6), where)
+    return 0.5 * (bce(p[0]) + bce(p[1])) + bce(p[0] * p[1])
+
+  loss = lambda m: (lambda s: m.loss({"w": w}, s, batch, rng=jax.random.key(0))[0])
+  np.testing.assert_allclose(loss(plain)(scores), bce_form(scores), rtol=1e-5)
+  np.testing.assert_allclose(jax.grad(loss(plain))(scores), jax.grad(bce_form)(scores), rtol=1e-4, atol=1e-6)
+  # Each published quirk keeps the value (up to eps) and moves the gradient. (With the normaliser's
+  # gradient, 1 - m_s and r_s are the same function, so joint_negative matters with it held only.)
+  published = _method(temperature=1.5, normaliser_eps=0.0)
+  for quirk in (dict(normaliser_grad=True), dict(joint_negative="top")):
+    other = _method(**{**published.options, **quirk})
+    np.testing.assert_allclose(loss(other)(scores), loss(published)(scores), rtol=1e-5)
+    assert np.abs(np.asarray(jax.grad(loss(other))(scores) - jax.grad(loss(published))(scores))).max() > 1e-4, quirk
+
+
+def _list_mean(values, where):
+  from cascadejax.losses.cascade.common import list_mean  # noqa: PLC0415
+  return list_mean(values, where)
+
+
+@pytest.mark.parametrize("num_stages", [2, 3])
+def test_tied_negatives_weigh_their_group_size_in_three_stages_only(num_stages):
+  scores, batch = _batch(num_stages, empty_last=False, seed=4)
+  tied = batch.replace(label=jnp.round(batch.label * 0.4) - 3.0 * (jnp.arange(7) < 2))   # ties below the top 2
+  published = _method(num_stages, temperature=1.0)
+  counted = _method(num_stages, temperature=1.0, tie_weighting="count")
+  shared = _method(num_stages, temperature=1.0, tie_weighting="fraction")
+  relax = lambda m: [float(m.loss(m.init(jax.random.key(0)), scores, tied, rng=jax.random.key(0))[1][k])
+                     for k in ("loss/relax_retrieval", "loss/relax_prerank")]
+  np.testing.assert_allclose(relax(published), relax(counted if num_stages == 3 else shared), rtol=1e-6)
+  assert all(c > f for c, f in zip(relax(counted), relax(shared)))   # the ties weigh more than 1
+
+
 @pytest.mark.parametrize("topk_method", ["neural_sort", "threshold"])
 def test_padding_changes_nothing_and_gets_no_gradient(topk_method):
   scores, batch = _batch(empty_last=False)
@@ -141,6 +183,10 @@ def test_scores_that_rank_the_ground_truth_first_have_the_lower_loss(topk_method
     (dict(topk_method="sinkhorn"), "config.method.lcron.topk_method"),
     (dict(weighting="learned"), "config.method.lcron.weighting"),
     (dict(tau=1.0), r"config.method.lcron: unknown option\(s\) \['tau'\]"),
+    (dict(normaliser_grad="no"), "config.method.lcron.normaliser_grad must be True or False"),
+    (dict(joint_negative="all"), "config.method.lcron.joint_negative must be 'rest' or 'top'"),
+    (dict(tie_weighting="max"), "config.method.lcron.tie_weighting must be one of"),
+    (dict(normaliser_eps=-1.0), r"config.method.lcron.normaliser_eps must be in \[0, 0.1\)"),
 ])
 def test_bad_options_name_the_config_key(options, message):
   c = tiny_config()

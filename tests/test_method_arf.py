@@ -11,8 +11,10 @@ from cascadejax import metric_writer, trainer
 from cascadejax.data.schema import CascadeBatch
 from cascadejax.evaluate import restore
 from cascadejax.losses.cascade import get_method
-from cascadejax.losses.cascade.arf import ARF, ARFv2, label_order
+from cascadejax.losses.cascade.arf import ARF, ARFv2
+from cascadejax.losses.cascade.common import label_permutation, label_split
 from cascadejax.ops import soft_topk
+from cascadejax.ops.soft_topk import split_mass
 from tests.conftest import tiny_config
 
 NAMES = ("retrieval", "prerank", "rank")
@@ -66,13 +68,16 @@ def _np_reference(method, scores, batch, w):
       if len(valid) > m:
         q = P[:m].sum(0)
         if method.down_term:
-          p = q / P.sum(0)
-          per_item = [-np.log(p[i] + EPS) if i in gt else -np.log(1 - p[i] + EPS) for i in range(len(valid))]
+          c = P.sum(0) + method.options["normaliser_eps"]
+          p, rest = q / c, P[m:].sum(0) / c
+          per_item = [-np.log(p[i] + EPS) if i in gt else -np.log(rest[i] + EPS) for i in range(len(valid))]
         else:
+          q = q / m if method.options["top_mass"] == "mean" else q
           per_item = [-np.log(q[i] + EPS) if i in gt else 0.0 for i in range(len(valid))]
         relax_lists.append(np.mean(per_item))
       rows = len(valid) if g == "all" else min(g, len(valid))
-      glob_lists.append(np.mean([-np.log(P[r, order[r]] + EPS) for r in range(rows)]))
+      per_list = np.mean([-np.log(P[r, order[r]] + EPS) for r in range(rows)])
+      glob_lists.append(per_list / (len(valid) if method.options["global_normaliser"] == "list_size" else 1))
     relax[s] = np.mean(relax_lists) if relax_lists else 0.0
     glob[s] = np.mean(glob_lists)
   if w is None:
@@ -90,16 +95,19 @@ def test_two_items_by_hand(cls):
   method = _method(cls, 2, gt_num=1, temperature=t, support_m=1)
   scores = jnp.asarray([[[a, b]], [[b, a]]])  # stage 1 ranks the ground truth first, stage 2 last
   total, aux = method.loss(method.init(jax.random.key(0)), scores, batch, rng=jax.random.key(0))
-  # The label order is (item 0, item 1): the permutation cross-entropy is -log P[0, 0] - log P[1, 1], / 2.
-  np.testing.assert_allclose(aux["loss/global_retrieval"], -np.log(sig + EPS), rtol=1e-5)
-  np.testing.assert_allclose(aux["loss/global_prerank"], -np.log(1 - sig + EPS), rtol=1e-5)
+  # The label order is (item 0, item 1): the permutation cross-entropy is -log P[0, 0] - log P[1, 1],
+  # divided by n^2 = 4 (the published normaliser).
+  np.testing.assert_allclose(aux["loss/global_retrieval"], -np.log(sig + EPS) / 2, rtol=1e-5)
+  np.testing.assert_allclose(aux["loss/global_prerank"], -np.log(1 - sig + EPS) / 2, rtol=1e-5)
   if cls is ARF:  # only the ground truth (item 0) counts: -log(mass of item 0 in row 0), / 2 items
     want = [-np.log(sig + EPS) / 2, -np.log(1 - sig + EPS) / 2]
   else:  # p = (sig, 1 - sig) up to the column sums (both 1 here): BCE over both items
     want = [-np.log(sig + EPS), -np.log(1 - sig + EPS)]
   np.testing.assert_allclose([aux["loss/relax_retrieval"], aux["loss/relax_prerank"]], want, rtol=1e-5)
   # w = 1: every stage adds relax + global / 2.
-  np.testing.assert_allclose(total, sum(want) - 0.5 * np.log(sig * (1 - sig)), rtol=1e-4)
+  np.testing.assert_allclose(total, sum(want) - 0.25 * np.log(sig * (1 - sig)), rtol=1e-4)
+  np.testing.assert_allclose([aux["loss/retrieval"], aux["loss/prerank"]],
+                             [want[0] - 0.25 * np.log(sig), want[1] - 0.25 * np.log(1 - sig)], rtol=1e-4)
 
 
 @pytest.mark.parametrize("cls", [ARF, ARFv2])
@@ -107,8 +115,10 @@ def test_two_items_by_hand(cls):
 def test_loss_matches_the_brute_force_reference(cls, num_stages):
   scores, batch = _batch(num_stages)
   temps = (0.7, 2.0, 1.3)[:num_stages]
+  old = dict(global_normaliser="rows", **(dict(normaliser_eps=0.0) if cls is ARFv2 else dict(top_mass="sum")))
   options = [dict(temperature=temps), dict(temperature=temps, support_m="gt_num", global_size=3),
-             dict(temperature=temps, weighting="fixed", global_weights=(0.5, 2.0, 1.0)[:num_stages])]
+             dict(temperature=temps, weighting="fixed", global_weights=(0.5, 2.0, 1.0)[:num_stages]),
+             dict(temperature=temps, **old)]
   for opts in options:
     method = _method(cls, num_stages, **opts)
     w = None if opts.get("weighting") == "fixed" else np.array([1.5, 0.8, 1.2][:num_stages])
@@ -132,22 +142,33 @@ def test_defaults_are_the_published_baseline_setting():
   assert not ARF.down_term and ARFv2.down_term
 
 
-def test_v2_membership_is_the_neural_sort_soft_topk():
+def test_split_mass_is_the_neural_sort_soft_topk_and_its_gradient_option():
   scores, batch = _batch(2)
-  method = _method(ARFv2, 2, temperature=0.9, support_m=(3, 2))
   from cascadejax.ops import neural_sort
   for s, m in enumerate((3, 2)):
     perm = neural_sort(scores[s], temperature=0.9, where=batch.mask)
     want = soft_topk(scores[s], m, where=batch.mask, method="neural_sort", temperature=0.9)
-    p, p_out = method.memberships(perm, m)
+    p, p_out = split_mass(perm, m)
     np.testing.assert_allclose(p_out, np.where(batch.mask, 1 - want, 0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(p, want, rtol=1e-6, atol=1e-7)
+  # A held normaliser changes the gradient, not the value (up to eps).
+  f = lambda x, grad: split_mass(neural_sort(x, temperature=0.9, where=batch.mask), 3, normaliser_grad=grad)[0][0, 0]
+  np.testing.assert_allclose(f(scores[0], False), f(scores[0], True), rtol=1e-6)
+  g_held, g_full = (jax.grad(f)(scores[0], flag) for flag in (False, True))
+  assert np.abs(np.asarray(g_held - g_full)).max() > 1e-3
 
 
-def test_label_order_puts_valid_items_first_by_descending_label():
+def test_label_permutation_spreads_ties_and_label_split_shares_or_counts_them():
   label = jnp.asarray([[0.3, 0.9, 0.3, 5.0, 0.1]])
   where = jnp.asarray([[True, True, True, False, True]])
-  np.testing.assert_array_equal(label_order(label, where)[0, :4], [1, 0, 2, 4])  # tie 0.3: lower index first
+  np.testing.assert_allclose(label_permutation(label, where=where)[0], [
+      [0, 1, 0, 0, 0], [0.5, 0, 0.5, 0, 0], [0.5, 0, 0.5, 0, 0], [0, 0, 0, 0, 1], [0, 0, 0, 0, 0]])
+  top, rest = label_split(label, 2, where=where, count_ties=False)   # the tie straddles rank 2
+  np.testing.assert_allclose(top[0], [0.5, 1, 0.5, 0, 0])
+  np.testing.assert_allclose(rest[0], [0.5, 0, 0.5, 0, 1])
+  top, rest = label_split(label, 1, where=where, count_ties=True)   # thresholded: each tie weighs 2
+  np.testing.assert_allclose(top[0], [0, 1, 0, 0, 0])
+  np.testing.assert_allclose(rest[0], [2, 0, 2, 0, 1])
 
 
 @pytest.mark.parametrize("cls", [ARF, ARFv2])
@@ -211,6 +232,7 @@ def test_scores_in_label_order_have_the_lower_loss(cls):
     (dict(weighting="learned"), "weighting must be 'uncertainty' or 'fixed'"),
     (dict(global_weights=(1.0, "x")), "global_weights: .* is not numeric"),
     (dict(eps=0.0), r"eps must be in \(0, 0.1\)"),
+    (dict(global_normaliser="n"), "global_normaliser must be 'list_size' or 'rows'"),
     (dict(tau=1.0), r"unknown option\(s\) \['tau'\]"),
 ])
 def test_bad_options_name_the_config_key(name, options, message):

@@ -18,8 +18,16 @@ from tests.conftest import tiny_config
 NAMES = ("retrieval", "prerank", "rank")
 
 
-def _method(cls, num_stages=2, **options):
+# The FS-LTR paper's form (click-lifted levels, LambdaRank on NDCG gains, one mean over all pairs);
+# the defaults (the LCRON authors' baselines) are tested by hand below and against their numbers in
+# tests/test_reference_fidelity.py.
+PAPER = {"fs_ranknet": dict(top_level="feedback", pair_normaliser="all_pairs"),
+         "fs_lambdaloss": dict(top_level="feedback", labels="levels", scheme="lambdarank", topn=None)}
+
+
+def _method(cls, num_stages=2, published=False, **options):
   ks = (5, 3, 2) if num_stages == 3 else (4, 2)
+  options = options if published else {**PAPER[cls.name], **options}
   return cls(options, stage_names=NAMES[:num_stages], ks=ks, gt_num=2)
 
 
@@ -95,6 +103,10 @@ def test_relabeling_table_by_hand():
   # Three stages: exposed is 3, exposed and clicked 4.
   three = batch.replace(stage=jnp.array([[0, 1, 2, 3, 3]], jnp.int32))
   assert _method(FSRankNet, 3).levels_of(three).tolist() == [[0, 1, 2, 3, 4]]
+  # The default lifts the ground truth (the top gt_num = 2 labels) instead, if it was exposed:
+  # slot 1 is ground truth but was dropped by stage 1, slot 4 was clicked but is not ground truth.
+  graded = batch.replace(label=jnp.array([[0.0, 5.0, 1.0, 4.0, 3.0]]))
+  assert _method(FSRankNet, published=True).levels_of(graded).tolist() == [[0, 0, 1, 3, 2]]
   message = r"config.method.fs_ranknet.feedback: the batch has no feedback 'long_view'"
   with pytest.raises(ValueError, match=message):
     _method(FSRankNet, feedback="long_view").levels_of(batch)
@@ -130,6 +142,66 @@ def test_custom_levels_and_train_on():
   for i in range(3):
     np.testing.assert_allclose(float(reached[f"loss/{NAMES[i]}"]),
                                _np_ranknet(s[i], level.astype(float), mask & (level >= i)), rtol=1e-5)
+
+
+def _np_per_level_ranknet(scores, levels, where):
+  """Sum over levels l >= 1 of the mean RankNet loss over the pairs whose better item has level l."""
+  total = 0.0
+  for l in range(1, int(levels.max()) + 1):
+    loss, pairs = 0.0, 0
+    for b in range(scores.shape[0]):
+      for i, j in itertools.permutations(np.flatnonzero(where[b]), 2):
+        if levels[b, i] == l and levels[b, j] < l:
+          loss += np.log1p(np.exp(-(scores[b, i] - scores[b, j])))
+          pairs += 1
+    total += loss / max(pairs, 1)
+  return total
+
+
+def _np_smooth_lambdaloss(scores, labels, where, topn=30, a=0.8):
+  """The LCRON authors' FS-LambdaLoss written out: label gains, natural logs, every ordered pair."""
+  per_list = []
+  for b in range(scores.shape[0]):
+    valid = np.flatnonzero(where[b])
+    if not len(valid):
+      continue
+    v = labels[b]
+    ideal = sorted(v[valid], reverse=True)
+    g = v / sum(x / np.log(2 + r) for r, x in enumerate(ideal))
+    order = sorted(valid, key=lambda i: (-scores[b, i], i))
+    rank = {i: r + 1 for r, i in enumerate(order)}
+    disc = lambda r: 1.0 / np.log(1 + r) if r <= topn else 0.0
+    total = 0.0
+    for i, j in itertools.permutations(valid, 2):
+      d = abs(rank[i] - rank[j])
+      u = abs(1 / np.log(1 + d) - 1 / np.log(2 + d)) if min(rank[i], rank[j]) <= topn else 0.0
+      w = abs(g[i] - g[j]) * ((1 - a) * u + a * abs(disc(rank[i]) - disc(rank[j])))
+      x = scores[b, i] - scores[b, j]
+      total += w * (np.logaddexp(0, x) - x * float(v[i] > v[j]))
+    per_list.append(total)
+  return float(np.mean(per_list))
+
+
+@pytest.mark.parametrize("num_stages", [2, 3])
+def test_published_defaults_by_hand(num_stages):
+  scores, batch = _batch(num_stages, empty_last=True, seed=3)
+  batch = batch.replace(label=jnp.round(batch.label))   # ties inside levels and among labels
+  s, mask, label = np.asarray(scores, np.float64), np.asarray(batch.mask), np.asarray(batch.label, np.float64)
+  rank = _method(FSRankNet, num_stages, published=True)
+  levels = np.asarray(rank.levels_of(batch))
+  _, aux = rank.loss({}, scores, batch, rng=jax.random.key(0))
+  lam = _method(FSLambdaLoss, num_stages, published=True, topn=3)
+  _, lam_aux = lam.loss({}, scores, batch, rng=jax.random.key(0))
+  for i, name in enumerate(NAMES[:num_stages]):
+    np.testing.assert_allclose(float(aux[f"loss/{name}"]), _np_per_level_ranknet(s[i], levels, mask), rtol=1e-5)
+    parts = sum(float(aux[f"loss/{name}/level{l}"]) for l in range(1, num_stages + 2))
+    np.testing.assert_allclose(parts, float(aux[f"loss/{name}"]), rtol=1e-6)
+    positive = np.where(mask, label - label[mask].min(), 0.0)   # gains must be >= 0
+    got = _method(FSLambdaLoss, num_stages, published=True, topn=3).loss(
+        {}, scores, batch.replace(label=jnp.asarray(positive, jnp.float32)), rng=jax.random.key(0))[1]
+    np.testing.assert_allclose(float(got[f"loss/{name}"]), _np_smooth_lambdaloss(s[i], positive, mask, topn=3),
+                               rtol=1e-5)
+  assert np.isfinite(float(lam_aux["loss/retrieval"]))
 
 
 def test_lambdaloss_schemes_are_the_library_losses():
@@ -227,6 +299,10 @@ def test_trains_under_jit(name, num_stages, tmp_path):
     ("fs_lambdaloss", dict(scheme="ndcg1"), r"config.method.fs_lambdaloss.scheme must be one of"),
     ("fs_lambdaloss", dict(topn=0), r"config.method.fs_lambdaloss.topn must be None or an int >= 1"),
     ("fs_lambdaloss", dict(mu=-1.0), r"config.method.fs_lambdaloss.mu must be a number >= 0"),
+    ("fs_lambdaloss", dict(smooth_fraction=1.5), r"fs_lambdaloss.smooth_fraction must be in \[0, 1\]"),
+    ("fs_lambdaloss", dict(labels="z"), r"config.method.fs_lambdaloss.labels must be 'label' or 'levels'"),
+    ("fs_ranknet", dict(top_level="click"), r"config.method.fs_ranknet.top_level must be 'ground_truth'"),
+    ("fs_ranknet", dict(pair_normaliser="x"), r"config.method.fs_ranknet.pair_normaliser must be"),
 ])
 def test_bad_options_name_the_config_key(name, options, message):
   c = tiny_config()

@@ -19,7 +19,15 @@ NAMES = ("retrieval", "prerank", "rank")
 KS = {2: (4, 2), 3: (5, 3, 2)}
 
 
-def _method(num_stages=2, **options):
+# The paper's form (Gallagher et al.): stop-gradient cut-offs at each stage's own k, an ungated last
+# stage, unit weights, RankNet. The defaults (the LCRON authors' baseline) are tested by hand below
+# and against their numbers in tests/test_reference_fidelity.py.
+PAPER = dict(cutoff="kth", cutoff_k="stage", gate_last=False, stage_weights=1.0, pair_loss="ranknet",
+             temperature=0.4)
+
+
+def _method(num_stages=2, published=False, **options):
+  options = options if published else {**PAPER, **options}
   return ICC(options, stage_names=NAMES[:num_stages], ks=KS[num_stages], gt_num=2)
 
 
@@ -178,6 +186,45 @@ def test_padding_gets_no_gradient_and_empty_lists_are_finite(pair_loss):
   aux = method.loss({}, scores, empty, rng=jax.random.key(0))[1]
   assert value == 0 and np.all(np.asarray(grad) == 0)
   assert all(np.isfinite(v) for v in aux.values())
+
+
+def _np_slot_pair_bce(scores, labels, mask):
+  """Every slot pair p < q: softplus(s_p - s_q) - (s_p - s_q) [y_p > y_q], per list / n^2, mean over lists."""
+  per_list = []
+  for b in range(scores.shape[0]):
+    valid = np.flatnonzero(mask[b])
+    if not len(valid):
+      continue
+    total = 0.0
+    for p, q in itertools.combinations(valid, 2):
+      x = scores[b, p] - scores[b, q]
+      total += np.logaddexp(0.0, x) - x * float(labels[b, p] > labels[b, q])
+    per_list.append(total / len(valid) ** 2)
+  return float(np.mean(per_list))
+
+
+@pytest.mark.parametrize("num_stages", [2, 3])
+def test_published_defaults_by_hand(num_stages):
+  ks = {2: (30, 20), 3: (40, 30, 20)}[num_stages]
+  method = ICC({}, stage_names=NAMES[:num_stages], ks=ks, gt_num=10)
+  assert method.cutoff_k == {2: (30, 30), 3: (40, 30, 30)}[num_stages]   # the last gate reuses k_{S-1}
+  assert method.stage_weights == {2: (1.0, 1.0), 3: (1.0, 2.0, 4.0)}[num_stages]
+  assert method.temperatures == (1e-3,) * num_stages
+  scores, batch = _batch(num_stages, empty_last=True, seed=8)   # integer labels: ties
+  method = _method(num_stages, published=True, temperature=0.3)
+  s, mask = np.asarray(scores, np.float64), np.asarray(batch.mask)
+  cut = KS[num_stages][:-1] + KS[num_stages][-2:-1]
+  want = _np_ensemble(s, mask, cut, (0.3,) * num_stages, method.stage_weights, gate_last=True)
+  total, _ = method.loss({}, scores, batch, rng=jax.random.key(0))
+  np.testing.assert_allclose(float(total), _np_slot_pair_bce(want, np.asarray(batch.label), mask), rtol=1e-5)
+  # Tied pairs count in slot order: reversing the slots changes the loss, not so without ties.
+  flip = lambda a: a[..., ::-1]
+  flipped = method.loss({}, flip(scores), jax.tree.map(flip, batch), rng=jax.random.key(0))[0]
+  assert abs(float(flipped) - float(total)) > 1e-4
+  distinct = batch.replace(label=jnp.broadcast_to(jnp.arange(8.0), batch.label.shape))
+  a = method.loss({}, scores, distinct, rng=jax.random.key(0))[0]
+  b = method.loss({}, flip(scores), jax.tree.map(flip, distinct), rng=jax.random.key(0))[0]
+  np.testing.assert_allclose(float(a), float(b), rtol=1e-5)
 
 
 def test_ranking_the_labels_first_lowers_the_loss():

@@ -13,7 +13,7 @@ import pyarrow.feather as feather  # noqa: E402
 from cascadejax import data as data_lib, metric_writer, trainer  # noqa: E402
 from cascadejax.data import recflow  # noqa: E402
 from cascadejax.experiment import Experiment  # noqa: E402
-from configs import recflow_three_stage, recflow_two_stage  # noqa: E402
+from configs.reference import recflow_three_stage, recflow_two_stage  # noqa: E402
 from tests.recflow_helpers import ID_CNT, data_config, random_day  # noqa: E402
 
 

@@ -9,6 +9,7 @@ import rax
 
 from cascadejax.cascade import hard_topk, select
 from cascadejax.data.schema import CascadeBatch
+from cascadejax.losses.cascade.bce import BCE
 from cascadejax.losses.cascade.independent import Independent
 from cascadejax.losses.ranking import sigmoid_bce_loss
 
@@ -246,3 +247,41 @@ def test_independent_option_errors():
   with pytest.raises(ValueError, match=r"config\.method\.independent\.train_on.*'exposed'"):
     Independent({"train_on": "exposed"}, **kw)
   assert Independent({}, **kw).options == {"train_on": "all"}
+
+
+# ----------------------------------------------------------------------------- BCE
+
+@pytest.mark.parametrize("num_stages", [2, 3])
+@pytest.mark.parametrize("train_on", ["published", "all", "reached"])
+def test_bce_covers_the_published_groups_and_targets_the_ground_truth(num_stages, train_on):
+  """Every stage's BCE of the ground truth over its covered candidates: the first stage all of
+  them, a middle stage what it saw, the last stage what it exposed ("published")."""
+  names = ("retrieval", "prerank", "rank")[:num_stages]
+  scores, batch, stage, mask = _cascade_batch(num_stages + 5, num_stages)
+  label = np.random.default_rng(1).normal(size=mask.shape).astype(np.float32)
+  batch = batch.replace(label=jnp.asarray(label))
+  method = BCE({"train_on": train_on}, stage_names=names, ks=(4, 2, 1)[:num_stages], gt_num=2)
+  loss, terms = method.loss({}, scores, batch, rng=jax.random.key(0))
+  truth = np.zeros(mask.shape, bool)
+  for b in range(mask.shape[0]):
+    valid = np.flatnonzero(mask[b])
+    truth[b, valid[np.argsort(-label[b, valid], kind="stable")[:2]]] = True
+  published = {2: (0, 2), 3: (0, 1, 3)}[num_stages]
+  total = 0.0
+  for s, name in enumerate(names):
+    lowest = {"published": published[s], "all": 0, "reached": s}[train_on]
+    covered = mask & (stage >= lowest)
+    l = np_bce(np.asarray(scores[s], np.float64), truth.astype(np.float64))
+    want = l[covered].sum() / max(covered.sum(), 1)
+    np.testing.assert_allclose(terms[f"loss/{name}"], want, rtol=1e-5, atol=1e-6)
+    total += want
+  np.testing.assert_allclose(loss, total, rtol=1e-5)
+  g = np.asarray(jax.grad(lambda x: method.loss({}, x, batch, rng=jax.random.key(0))[0])(scores))
+  np.testing.assert_array_equal(g[-1][stage < (num_stages if train_on == "published" else 0)], 0.0)
+
+
+def test_bce_option_errors():
+  kw = dict(stage_names=("a", "b"), ks=(3, 1), gt_num=1)
+  with pytest.raises(ValueError, match=r"config\.method\.bce\.train_on must be one of .*'exposed'"):
+    BCE({"train_on": "exposed"}, **kw)
+  assert BCE({}, **kw).options == {"train_on": "published"}

@@ -104,3 +104,18 @@ def test_noiseless_logs_are_the_hard_cascade_of_the_hidden_teacher_views():
   alive = np.asarray(select(jnp.asarray(np.stack([view, utility, utility])), cfg.production.ks,
                             where=jnp.asarray(test.mask)))
   np.testing.assert_array_equal(alive.sum(0), test.stage)
+
+
+def test_cache_dir_keeps_the_simulation_and_keys_it_by_the_whole_config(tmp_path):
+  cfg = tiny_config().data
+  plain = synthetic.load(cfg, 2)
+  cfg.cache_dir = str(tmp_path)
+  first, again = synthetic.load(cfg, 2), synthetic.load(cfg, 2)
+  for x, y, z in zip(jax.tree.leaves(plain.splits), jax.tree.leaves(first.splits), jax.tree.leaves(again.splits)):
+    np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(x, z)
+  assert len([p for p in tmp_path.iterdir() if p.name.startswith("synthetic-")]) == 1
+  cfg.seed = 1   # another config is another entry, never the cached one
+  other = synthetic.load(cfg, 2)
+  assert len([p for p in tmp_path.iterdir() if p.name.startswith("synthetic-")]) == 2
+  assert not np.array_equal(other.splits["train"].items["item_id"], plain.splits["train"].items["item_id"])

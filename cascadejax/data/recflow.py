@@ -307,7 +307,7 @@ def load(cfg: ConfigDict, num_stages: int) -> CascadeData:
   """RecFlow's `train_days` and `test_days` as splits "train" and "test", through the cache.
 
   Args:
-    cfg: the `config.data` section (see `configs/recflow_two_stage.py`).
+    cfg: the `config.data` section (see `configs/reference/recflow_two_stage.py`).
     num_stages: S, the number of stages of the cascade trained on it.
   """
   check_config(cfg, num_stages)

@@ -46,11 +46,15 @@ Opt-in extras (absent keys keep the default data bit for bit):
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 from ml_collections import ConfigDict
 
+from cascadejax.data import cache
 from cascadejax.data.schema import CascadeBatch, CascadeData, FeatureSpec
+
+FORMAT_VERSION = 1  # of the simulator's output (cache key): bump whenever a seed's data changes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,6 +313,10 @@ def hidden_world(cfg: ConfigDict) -> World:
 def load(cfg: ConfigDict, num_stages: int) -> CascadeData:
   """Simulates the world and the logs of `cfg.num_train` + `cfg.num_test` requests.
 
+  With `cfg.cache_dir` set (absent or "" = off), the result is kept in `cascadejax.data.cache`
+  under a hash of the whole data config and `FORMAT_VERSION`, so the runs of a comparison that share
+  a seed simulate their data once.
+
   Args:
     cfg: the `config.data` section (see `configs/default.py`).
     num_stages: S, the number of stages of the logged production cascade.
@@ -317,6 +325,16 @@ def load(cfg: ConfigDict, num_stages: int) -> CascadeData:
     `CascadeData` with splits "train" and "test", request ids disjoint between them.
   """
   check_config(cfg, num_stages)
+  cache_dir = os.path.expanduser(cfg.get("cache_dir", "") or "")
+  if not cache_dir:
+    return simulate(cfg, num_stages)
+  key = {"config": {k: v for k, v in cfg.to_dict().items() if k != "cache_dir"}, "num_stages": num_stages,
+         "version": FORMAT_VERSION}
+  return cache.cached("synthetic", key, lambda: simulate(cfg, num_stages), cache_dir=cache_dir)
+
+
+def simulate(cfg: ConfigDict, num_stages: int) -> CascadeData:
+  """`load` without the cache: the world and the logs, from `cfg` alone."""
   world_rng, log_rng = _rngs(cfg)
   world = make_world(cfg, world_rng)
   total = cfg.num_train + cfg.num_test

@@ -20,8 +20,9 @@ RankNet; |delta NDCG| for LambdaRank; NDCG-Loss2(++) for LambdaLoss). Built naiv
 3. A `custom_vjp` computes the pair gradients ("lambdas") in the same sweep as the loss and
    accumulates them per item; nothing of the sweep is stored for the backward pass.
 
-When only LambdaRank's weight is used with a `topn` < n / 2, pairs with both ranks below topn have
-weight 0, so a second path visits only the rows p < topn (O(n * topn) pairs instead of n^2 / 2).
+When only LambdaRank's weight is used with a `topn` < n / 2 (or LambdaLoss's delta with
+`topn_rule="mask"` beside it), pairs with both ranks below topn have weight 0, so a second path
+visits only the rows p < topn (O(n * topn) pairs instead of n^2 / 2).
 
 The cyclic scan is the fast path on CPUs, where a small working set matters most. On a GPU its
 sequential offsets cost one small kernel each (about 50x slower than rax's dense pairs on an H100
@@ -154,8 +155,8 @@ def tiled_pairwise_loss(scores: jax.Array, labels: jax.Array, *, where: jax.Arra
       path on an accelerator). Results do not depend on it. Peak memory is
       O(list_tile * n * unroll) on the cyclic path and O(list_tile * rows * n) on the others.
     unroll: cyclic offsets per scan step.
-    path: "cyclic" (the offset scan), "topn_rows" (LambdaRank weight only, 0 < topn < n: the
-      rows p < topn), "dense" (every pair of a chunk of lists at once) or "auto": "topn_rows"
+    path: "cyclic" (the offset scan), "topn_rows" (pair weights zero beyond the top n, 0 < topn < n:
+      the rows p < topn), "dense" (every pair of a chunk of lists at once) or "auto": "topn_rows"
       when it applies and topn < n / 2, else "cyclic" on a CPU and "dense" on an accelerator
       (`jax.default_backend()`).
 
@@ -173,15 +174,17 @@ def tiled_pairwise_loss(scores: jax.Array, labels: jax.Array, *, where: jax.Arra
     raise ValueError("a rank-weighted PairSpec needs `gains`")
   g = clean(gains) if spec.rank_weighted else None
   c = None if weights is None else clean(weights)
-  rows_apply = (spec.topn is not None and spec.ndcg2 == 0.0 and spec.lambdarank != 0.0
-                and 0 < spec.topn < n)
+  # Only pairs touching the top n carry weight: LambdaRank's rho alone, or with a masked delta.
+  rows_apply = (spec.topn is not None and spec.rank_weighted and 0 < spec.topn < n
+                and (spec.ndcg2 == 0.0 or spec.topn_rule == "mask"))
   accelerator = jax.default_backend() != "cpu"
   if path not in PATHS:
     raise ValueError(f"path must be one of {PATHS}, got {path!r}")
   if path == "auto":
     path = "topn_rows" if rows_apply and 2 * spec.topn < n else "dense" if accelerator else "cyclic"
   elif path == "topn_rows" and not rows_apply:
-    raise ValueError("path='topn_rows' needs a LambdaRank-only spec with 0 < topn < list size")
+    raise ValueError("path='topn_rows' needs a rank-weighted spec with 0 < topn < list size whose delta "
+                     "term, if any, uses topn_rule='mask'")
   cfg = _Config(spec, per_item, list_tile, unroll, path, accelerator)
   out = _pairwise(cfg, s, y, g, c, valid)
   return out.reshape(shape if per_item else shape[:-1])

@@ -38,9 +38,12 @@ class PairSpec:
       Otherwise lambda_ij = scale * |G_i - G_j| * (lambdarank * rho_ij + ndcg2 * delta_ij * kappa_ij)
       with rho_ij = |D(r_i) - D(r_j)| and delta_ij = |D(|r_i - r_j|) - D(|r_i - r_j| + 1)|,
       D(r) = 1 / log2(1 + r).
-    topn: rank cutoff: D(r) = 0 for r > topn in rho, and kappa_ij = 1 / (1 - D(max(r_i, r_j)))
-      when max(r_i, r_j) > topn, else 1 (Jagerman et al. 2022; rax's `dcg2_lambdaweight`). None:
-      no cutoff, kappa = 1.
+    topn: rank cutoff: D(r) = 0 for r > topn in rho; in delta, see `topn_rule`. None: no cutoff,
+      kappa = 1.
+    topn_rule: how delta's kappa_ij treats ranks beyond topn: "kappa" (kappa_ij = 1 / (1 -
+      D(max(r_i, r_j))) when max(r_i, r_j) > topn, else 1: Jagerman et al. 2022, rax's
+      `dcg2_lambdaweight`) or "mask" (kappa_ij = 1[min(r_i, r_j) <= topn]: a pair counts only if
+      one of its items is in the top n, as TF-Ranking's smoothed `LambdaWeight`).
     scale: constant factor of lambda_ij (rax multiplies by the padded list size).
   """
 
@@ -49,6 +52,7 @@ class PairSpec:
   lambdarank: float = 0.0
   ndcg2: float = 0.0
   topn: int | None = None
+  topn_rule: str = "kappa"
   scale: float = 1.0
 
   @property
@@ -76,14 +80,20 @@ def _pair_terms(spec, t, w, *, want_loss, want_grad):
 
 
 def _position_factors(spec, n, dtype):
-  """Per-position D(rank) (0 beyond topn) and the top-n correction kappa(rank), each `[n]`."""
+  """Per-position D(rank) (0 beyond topn) and delta's top-n factors `[n]`: kappa_ij is the worse
+  position's factor times the better one's."""
   rank = jnp.arange(1, n + 1, dtype=dtype)
   disc = dcg_discount(rank)
+  ones = jnp.ones_like(disc)
   if spec.topn is None:
-    return disc, jnp.ones_like(disc)
+    return disc, ones, ones
   cut = jnp.where(rank <= spec.topn, disc, 0.0)
+  if spec.topn_rule == "mask":
+    return cut, ones, (rank <= spec.topn).astype(dtype)
+  if spec.topn_rule != "kappa":
+    raise ValueError(f"topn_rule must be 'kappa' or 'mask', got {spec.topn_rule!r}")
   kappa = jnp.where(rank > spec.topn, 1.0 / (1.0 - jnp.where(rank > 1, disc, 0.0)), 1.0)
-  return cut, kappa
+  return cut, kappa, ones
 
 
 def cyclic_sweep(spec, s, y, g, c, nv, *, loss_mode, want_grad, unroll):
@@ -96,8 +106,8 @@ def cyclic_sweep(spec, s, y, g, c, nv, *, loss_mode, want_grad, unroll):
   nv = nv[:, None]
   twice = lambda a: None if a is None else jnp.concatenate([a, a], axis=-1)
   s2, y2, g2, c2 = twice(s), twice(y), twice(g), twice(c)
-  disc, kappa = _position_factors(spec, n, s.dtype)
-  disc2, kappa2 = twice(disc), twice(kappa)
+  disc, worse, better = _position_factors(spec, n, s.dtype)
+  disc2, worse2, better2 = twice(disc), twice(worse), twice(better)
 
   def add_at(buf, d, x):   # buf[:, d:d + n] += x: the partner of position p is p + d (mod n)
     return lax.dynamic_update_slice_in_dim(buf, lax.dynamic_slice_in_dim(buf, d, n, -1) + x, d, -1)
@@ -116,7 +126,7 @@ def cyclic_sweep(spec, s, y, g, c, nv, *, loss_mode, want_grad, unroll):
       if spec.ndcg2:
         gap = lambda k: jnp.abs(dcg_discount(k) - dcg_discount(k + 1.0))
         fwd, back = gap(d.astype(s.dtype)), gap((n - d).astype(s.dtype))
-        parts = parts + spec.ndcg2 * jnp.where(wrapped, back * kappa, fwd * at(kappa2))
+        parts = parts + spec.ndcg2 * jnp.where(wrapped, back * worse * at(better2), fwd * at(worse2) * better)
       lam = spec.scale * jnp.abs(g - at(g2)) * parts
     if c is not None:
       lam = lam * jnp.where(sgn > 0, c, at(c2))
@@ -151,7 +161,7 @@ def rows_sweep(spec, s, y, g, c, nv, *, rows, loss_mode, want_grad):
   """
   bc, n = s.shape
   k = rows
-  disc, kappa = _position_factors(spec, n, s.dtype)
+  disc, worse, better = _position_factors(spec, n, s.dtype)
   row = lambda a: a[:, :k, None]
   col = lambda a: a[:, None, :]
   p, q = jnp.arange(k)[:, None], jnp.arange(n)[None, :]
@@ -165,7 +175,7 @@ def rows_sweep(spec, s, y, g, c, nv, *, rows, loss_mode, want_grad):
     if spec.ndcg2:   # rank gap q - p; the worse rank is q's
       gap = (q - p).astype(s.dtype)
       delta = jnp.abs(dcg_discount(gap) - dcg_discount(gap + 1.0))
-      parts = parts + spec.ndcg2 * delta * kappa[None, :]
+      parts = parts + spec.ndcg2 * delta * worse[None, :] * better[:k, None]
     lam = spec.scale * jnp.abs(row(g) - col(g)) * parts
   if c is not None:
     lam = lam * jnp.where(sgn > 0, row(c), col(c))

@@ -32,12 +32,34 @@ METHODS = ("neural_sort", "soft_sort", "threshold")
 _BISECTION_STEPS = 60
 
 
-def _permutation_topk(perm: jax.Array, k: int | jax.Array) -> jax.Array:
-  """Normalised mass of the first k rows per column of a `[..., n, n]` relaxed permutation."""
+def split_mass(perm: jax.Array, k: int | jax.Array, *, normaliser_grad: bool = True,
+               eps: float = 0.0) -> tuple[jax.Array, jax.Array]:
+  """Each column's mass in the first k rows and in the rest, divided by the column's total mass.
+
+      top_i  = sum_{r < k} P[r, i] / (c_i + eps),   rest_i = sum_{r >= k} P[r, i] / (c_i + eps),
+      c_i    = sum_r P[r, i]
+
+  `rest` is summed directly rather than taken as 1 - top, which would lose the small values that
+  matter in log(rest) to float32 cancellation. LCRON's and ARF-v2's published code hold c_i
+  constant in the gradient (`normaliser_grad=False`) and add eps = 1e-6 to it.
+
+  Args:
+    perm: `[..., n, n]` relaxed permutation matrix (rows = ranks, columns = items).
+    k: the number of top rows: an int, or an int array broadcastable to `[..., 1, 1]`.
+    normaliser_grad: whether gradients flow through c_i.
+    eps: added to c_i; columns of zero mass (padding) get 0 either way.
+
+  Returns:
+    `(top, rest)`, each `[..., n]`.
+  """
   top_rows = jnp.arange(perm.shape[-2])[:, None] < k  # [n, 1] or [..., n, 1]
   top = jnp.where(top_rows, perm, 0.0).sum(-2)
-  total = perm.sum(-2)
-  return jnp.where(total > 0, top / jnp.where(total > 0, total, 1.0), 0.0)
+  rest = jnp.where(top_rows, 0.0, perm).sum(-2)
+  total = top + rest
+  if not normaliser_grad:
+    total = jax.lax.stop_gradient(total)
+  safe = jnp.where(total > 0, total + eps, 1.0)
+  return jnp.where(total > 0, top / safe, 0.0), jnp.where(total > 0, rest / safe, 0.0)
 
 
 def _solve_threshold(s: jax.Array, valid: jax.Array, k: jax.Array, temperature: jax.Array) -> jax.Array:
@@ -115,4 +137,4 @@ def soft_topk(scores: jax.Array, k: int | jax.Array, *, where: jax.Array | None 
     return _threshold_topk(scores, valid, k, float(temperature))
   relax = neural_sort if method == "neural_sort" else soft_sort
   perm = relax(scores, temperature=temperature, where=valid)
-  return _permutation_topk(perm, k[..., None, None] if k.ndim else k)
+  return split_mass(perm, k[..., None, None] if k.ndim else k)[0]

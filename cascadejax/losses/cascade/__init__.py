@@ -6,13 +6,14 @@ from ml_collections import ConfigDict
 
 from cascadejax.losses.cascade.arf import ARF, ARFv2
 from cascadejax.losses.cascade.base import CascadeMethod
+from cascadejax.losses.cascade.bce import BCE
 from cascadejax.losses.cascade.fs_ltr import FSLambdaLoss, FSRankNet
 from cascadejax.losses.cascade.icc import ICC
 from cascadejax.losses.cascade.independent import Independent
 from cascadejax.losses.cascade.lcron import LCRON
 from cascadejax.losses.cascade.rankflow import RankFlow
 
-METHODS: dict[str, type[CascadeMethod]] = {m.name: m for m in (Independent, LCRON, RankFlow, ARF, ARFv2,
+METHODS: dict[str, type[CascadeMethod]] = {m.name: m for m in (Independent, BCE, LCRON, RankFlow, ARF, ARFv2,
                                                                FSRankNet, FSLambdaLoss, ICC)}
 
 
@@ -27,5 +28,5 @@ def get_method(config: ConfigDict) -> CascadeMethod:
                        gt_num=int(config.cascade.gt_num))
 
 
-__all__ = ["ARF", "ARFv2", "CascadeMethod", "FSLambdaLoss", "FSRankNet", "ICC", "Independent", "LCRON", "METHODS",
+__all__ = ["ARF", "ARFv2", "BCE", "CascadeMethod", "FSLambdaLoss", "FSRankNet", "ICC", "Independent", "LCRON", "METHODS",
            "RankFlow", "get_method"]

@@ -29,6 +29,65 @@ def list_mean(values: jax.Array, where: jax.Array) -> jax.Array:
   return jnp.where(has_items, per_list, 0.0).sum() / jnp.maximum(has_items.sum(), 1)
 
 
+def label_ties(labels: jax.Array, *, where: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Where each item's block of equal labels sits in its list's descending label order.
+
+  Args:
+    labels: `[..., n]` graded labels.
+    where: `[..., n]` bool, the valid items.
+
+  Returns:
+    `(start, size)`, each `[..., n]` int32: the 0-based rank at which the item's block of tied
+    labels starts, and the block's size (1 for an untied label; 0 for padding).
+  """
+  valid = where[..., None, :]
+  mine, other = labels[..., :, None], labels[..., None, :]
+  start = (valid & (other > mine)).sum(-1, dtype=jnp.int32)
+  size = jnp.where(where, (valid & (other == mine)).sum(-1, dtype=jnp.int32), 0)
+  return start, size
+
+
+def label_permutation(labels: jax.Array, *, where: jax.Array) -> jax.Array:
+  """`[..., n, n]` the permutation matrix of the descending label order, ties spread uniformly.
+
+  P[r, i] = 1 / size_i for the ranks r of item i's block of tied labels (`label_ties`), else 0:
+  exactly what NeuralSort of the labels gives as its temperature goes to 0, which is how the
+  LCRON authors' code builds its targets (NeuralSort of the integer labels at tau = 1e-4). Rows are
+  ranks, columns items; padding rows and columns are 0.
+  """
+  start, size = label_ties(labels, where=where)
+  r = jnp.arange(labels.shape[-1])[:, None]
+  inside = (r >= start[..., None, :]) & (r < (start + size)[..., None, :])
+  return jnp.where(inside, 1.0 / jnp.maximum(size, 1)[..., None, :], 0.0).astype(jnp.float32)
+
+
+def label_split(labels: jax.Array, k: int, *, where: jax.Array, count_ties: bool) -> tuple[jax.Array, jax.Array]:
+  """How much of each item lies in the first k rows of `label_permutation`, and how much below.
+
+  With `count_ties=False`, the column sums of the first k rows and of the rest: (1, 0) for an
+  item among the top k labels, (0, 1) for one below, fractions for a tied block that straddles
+  rank k. With `count_ties=True`, the same sums of the thresholded matrix 1[P > 0] (as the LCRON
+  authors' three-stage code thresholds it): the number of the block's ranks on each side, so a
+  negative tied with m - 1 others weighs m.
+
+  Args:
+    labels: `[..., n]` graded labels.
+    k: the ground-truth size.
+    where: `[..., n]` bool, the valid items.
+    count_ties: count tied ranks (thresholded) instead of sharing them (soft).
+
+  Returns:
+    `(y_top, y_rest)`, each `[..., n]` float32, 0 on padding.
+  """
+  start, size = label_ties(labels, where=where)
+  top = jnp.clip(k - start, 0, size)
+  top, rest = top.astype(jnp.float32), (size - top).astype(jnp.float32)
+  if count_ties:
+    return top, rest
+  share = jnp.maximum(size, 1).astype(jnp.float32)
+  return top / share, rest / share
+
+
 def binary_cross_entropy(p: jax.Array, y: jax.Array, *, where: jax.Array, eps: float) -> jax.Array:
   """`-y log(p + eps) - (1 - y) log(1 - p + eps)` on probabilities, averaged by `list_mean`.
 

@@ -24,25 +24,33 @@ and every stage is trained at once by a pairwise loss of F against the graded `l
 A stage's gradient thus flows through its own score where it decides an item's exit, and through
 its indicator into the weights of every later stage.
 
-Options (`config.method.icc`):
-  temperature: tau, one float or one per stage (default 0.4, the authors' published
-    "independent-logistic" setting; 0.5 in their "full" one; the LCRON authors' reimplementation
-    uses 1e-3, nearly hard gates).
+Options (`config.method.icc`); the defaults compute what the LCRON authors' PyTorch baseline
+computes (kwai/LCRON, checked by tests/test_reference_fidelity.py), which differs from the paper's
+own LambdaMART cascades in several places:
+  temperature: tau, one float or one per stage (default 1e-3, the LCRON authors': nearly hard
+    gates; Gallagher et al.'s published "independent-logistic" setting is 0.4, their "full" 0.5).
   score_type: "independent" (default), "full" or "weak": the paper's three cascade scores.
-  stage_weights: w_j, one float or one per stage (default 1: the paper's F; the LCRON authors'
-    three-stage baseline weights stages 1, 2, 4).
-  cutoff: how kappa_j is taken: "kth" (default: the k_j-th score under stop_gradient, as the
-    authors' gradient treats it: constant within a step), "kth_grad" (the same value with its
-    gradient, as in the LCRON authors' PyTorch baseline) or "midpoint" (halfway between the k_j-th
-    and (k_j + 1)-th scores, stop_gradient, so the k_j-th item's gate is above 1/2 and the next
+  stage_weights: w_j, one float or one per stage, or "published" (default: the LCRON authors'
+    multipliers, 1, 1 for two stages and 1, 2, 4, ... for three or more; 1 is the paper's F).
+  cutoff: how kappa_j is taken: "kth_grad" (default: the k_j-th largest score, with its gradient,
+    as in the LCRON authors' baseline), "kth" (the same value under stop_gradient, as the paper's
+    gradient treats it: constant within a step) or "midpoint" (halfway between the k_j-th and
+    (k_j + 1)-th scores, stop_gradient, so the k_j-th item's gate is above 1/2 and the next
     one's below). With "kth"/"kth_grad" a list with at most k_j valid candidates uses its lowest
     score (as the authors' code does: that item's gate is 1/2); with "midpoint" it passes whole.
-  cutoff_k: k_j of each gate: "stage" (each stage's own selection size, default), "gt_num", or S ints (one int for every stage).
-  gate_last: False (default, the paper: I_S = 0) or True (the last stage is gated at k_S too, so
-    its term is w_S prod_{l<=S} I_l f_S, as in the LCRON authors' baseline).
-  pair_loss: "ranknet" (default; the LCRON authors' reimplementation for neural stages),
-    "lambdarank" (the objective of the paper's LambdaMART cascades), "lambdaloss" (NDCG-Loss2++)
-    or "hinge"; `topn` is the NDCG cutoff of the lambda losses.
+    Every cut-off is taken over all valid candidates of the request, not only those that passed
+    the earlier gates.
+  cutoff_k: k_j of each gate: "published" (default: each stage's own selection size, except that
+    the last gate reuses the one before it, k_{S-1}, as the LCRON authors' code reads the previous
+    stage's k there), "stage" (each stage's own k), "gt_num", or S ints (one int for every stage).
+  gate_last: True (default, as the LCRON authors' baseline: the last stage is gated too, so its
+    term is w_S prod_{l<=S} I_l f_S and a candidate failing the last gate scores about 0) or False
+    (the paper: I_S = 0, the last stage only ranks).
+  pair_loss: "pairwise_bce" (default, the LCRON authors': for every pair of slots p < q, the
+    logistic loss of F(p) - F(q) with target 1[label_p > label_q], so a tied pair pushes the
+    earlier slot down; the sum is divided by n^2 per list: `slot_pair_bce`), "ranknet" (mean over
+    the pairs label_i > label_j), "lambdarank" (the objective of the paper's LambdaMART cascades),
+    "lambdaloss" (NDCG-Loss2++) or "hinge"; `topn` is the NDCG cutoff of the lambda losses.
 """
 
 from __future__ import annotations
@@ -58,7 +66,34 @@ from cascadejax.metrics import ground_truth
 
 SCORE_TYPES = ("independent", "full", "weak")
 CUTOFFS = ("kth", "kth_grad", "midpoint")
-PAIR_LOSSES = ("ranknet", "lambdarank", "lambdaloss", "hinge")
+PAIR_LOSSES = ("pairwise_bce", "ranknet", "lambdarank", "lambdaloss", "hinge")
+
+
+def slot_pair_bce(scores: jax.Array, labels: jax.Array, *, where: jax.Array) -> jax.Array:
+  """Logistic loss on every pair of valid slots p < q, tied pairs included, per list / n^2.
+
+      L_list = (1 / n^2) sum_{p < q} softplus(s_p - s_q) - (s_p - s_q) 1[y_p > y_q]
+
+  A strictly ordered pair costs softplus(s_worse - s_better) whichever slot comes first; a tied
+  pair costs softplus(s_p - s_q), pushing the earlier slot down, so the loss depends on the slot
+  order inside groups of tied labels. n is the list's number of valid slots. O(n^2) memory per list.
+
+  Args:
+    scores: `[..., n]` scores.
+    labels: `[..., n]` graded labels.
+    where: `[..., n]` bool, the valid slots.
+
+  Returns:
+    A scalar: the mean over lists with a valid slot (0 if none has).
+  """
+  n = scores.shape[-1]
+  gap = scores[..., :, None] - scores[..., None, :]
+  better = labels[..., :, None] > labels[..., None, :]
+  pairs = jnp.triu(jnp.ones((n, n), bool), 1) & where[..., :, None] & where[..., None, :]
+  per_list = jnp.where(pairs, jax.nn.softplus(jnp.where(better, -gap, gap)), 0.0).sum((-2, -1))
+  m = where.sum(-1)
+  per_list = per_list / jnp.maximum(m * m, 1).astype(per_list.dtype)
+  return jnp.where(m > 0, per_list, 0.0).sum() / jnp.maximum((m > 0).sum(), 1)
 
 
 def kth_score(scores: jax.Array, k: int, *, where: jax.Array, midpoint: bool = False) -> jax.Array:
@@ -82,8 +117,9 @@ class ICC(CascadeMethod):
   """The cascade's expected exit-stage score, trained end to end with a pairwise loss."""
 
   name = "icc"
-  defaults = {"temperature": 0.4, "score_type": "independent", "stage_weights": 1.0, "cutoff": "kth",
-              "cutoff_k": "stage", "gate_last": False, "pair_loss": "ranknet", "topn": None}
+  defaults = {"temperature": 1e-3, "score_type": "independent", "stage_weights": "published",
+              "cutoff": "kth_grad", "cutoff_k": "published", "gate_last": True, "pair_loss": "pairwise_bce",
+              "topn": None}
 
   def __init__(self, options, **kwargs):
     super().__init__(options, **kwargs)
@@ -91,11 +127,17 @@ class ICC(CascadeMethod):
     self.temperatures = per_stage_option(self, "temperature", float)
     if any(not t > 0 for t in self.temperatures):
       raise ValueError(f"config.method.icc.temperature must be positive, got {o['temperature']!r}")
-    self.stage_weights = per_stage_option(self, "stage_weights", float)
+    if o["stage_weights"] == "published":
+      self.stage_weights = (1.0, 1.0) if self.num_stages == 2 else tuple(2.0 ** j for j in range(self.num_stages))
+    else:
+      self.stage_weights = per_stage_option(self, "stage_weights", float)
     for key, allowed in (("score_type", SCORE_TYPES), ("cutoff", CUTOFFS), ("pair_loss", PAIR_LOSSES)):
       if o[key] not in allowed:
         raise ValueError(f"config.method.icc.{key} must be one of {allowed}, got {o[key]!r}")
-    self.cutoff_k = stage_ks_option(self, "cutoff_k")
+    if o["cutoff_k"] == "published":
+      self.cutoff_k = self.ks[:-1] + self.ks[-2:-1] if self.num_stages > 1 else self.ks
+    else:
+      self.cutoff_k = stage_ks_option(self, "cutoff_k")
     if not isinstance(o["gate_last"], bool):
       raise ValueError(f"config.method.icc.gate_last must be True or False, got {o['gate_last']!r}")
     topn = o["topn"]
@@ -144,7 +186,9 @@ class ICC(CascadeMethod):
     where = batch.mask
     score, gates = self.ensemble(stage_scores, where)
     kind, topn = self.options["pair_loss"], self.options["topn"]
-    if kind == "ranknet":
+    if kind == "pairwise_bce":
+      total = slot_pair_bce(score, batch.label, where=where)
+    elif kind == "ranknet":
       total = ranknet_loss(score, batch.label, where=where)
     elif kind == "lambdarank":
       total = lambdarank_loss(score, batch.label, where=where, topn=topn)

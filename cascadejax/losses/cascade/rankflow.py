@@ -27,7 +27,10 @@ Options (`config.method.rankflow`):
     RankFlow baseline trains on), "exposed" (logged final exposure, stage reached = S: the paper's
     impression labels), or "stage" (logged survival of stage s, as `independent`).
   self_weight, distill_weight, pair_weight: a_s, b_s, c_s (one float or one per stage; the last
-    stage has no successor, so its distill and pair entries are unused).
+    stage has no successor, so its distill and pair entries are unused). pair_weight also takes
+    "published" (the default): 0 in a two-stage cascade, where the LCRON authors' code sets its
+    alpha = 0 (total = L_self + (1 - alpha) L_distill + alpha L_pair), and 1 otherwise, where their
+    three-stage code weighs all seven terms 1. L_pair is computed and logged either way.
   pair_k: the size of T_s, given per stage and read at the successor s+1: "stage" (k_{s+1}, the
     successor's own selection), "gt_num", or S ints.
 """
@@ -69,7 +72,7 @@ class RankFlow(CascadeMethod):
   """Stage-specific training data from the current cascade, plus distillation from the next stage."""
 
   name = "rankflow"
-  defaults = {"labels": "ground_truth", "self_weight": 1.0, "distill_weight": 1.0, "pair_weight": 1.0,
+  defaults = {"labels": "ground_truth", "self_weight": 1.0, "distill_weight": 1.0, "pair_weight": "published",
               "pair_k": "stage"}
 
   def __init__(self, options, **kwargs):
@@ -79,7 +82,10 @@ class RankFlow(CascadeMethod):
     self.weights = {}
     for term in ("self", "distill", "pair"):
       key = f"{term}_weight"
-      self.weights[term] = per_stage_option(self, key, float)
+      if term == "pair" and self.options[key] == "published":
+        self.weights[term] = (0.0 if self.num_stages == 2 else 1.0,) * self.num_stages
+      else:
+        self.weights[term] = per_stage_option(self, key, float)
       if any(not w >= 0 for w in self.weights[term]):  # also rejects NaN
         raise ValueError(f"config.method.rankflow.{key} must be >= 0, got {self.options[key]!r}")
     self.pair_k = stage_ks_option(self, "pair_k")

@@ -1,16 +1,21 @@
-"""LCRON's two-stage RecFlow setup: DSSM retrieval (40 -> 30) -> DIN pre-ranker (30 -> 20), ground truth
-the 10 rank_pos videos of each request, trained with `lcron` at its published options.
+"""The LCRON authors' two-stage RecFlow run: DSSM retrieval (40 -> 30) -> DIN pre-ranker (30 -> 20),
+ground truth the 10 rank_pos videos of each request, every method at its published setting.
 
 The setup of LCRON's RecFlow experiments (Wang et al., ICML 2025): per request 10 videos from each of
-rank_pos, rank_neg, coarse_neg and prerank_neg (N = 40), k = 30 then 20, gt_num = 10, embedding
-dim 8, batch 1024, Adam at 1e-2 (constant, no warm-up, no clipping, as the reference code), one
-pass over the training days 2024-01-13 .. 2024-02-03, tested on 2024-02-04. RecFlow is not shipped:
-download it by hand (docs/data.md) and point config.data.dir at it. The first run converts the day
-files into a memory-mapped cache under config.data.cache_dir; later runs reuse it.
+rank_pos, rank_neg, coarse_neg and prerank_neg (N = 40), k = 30 then 20, gt_num = 10, history 50,
+towers of 128; training as the authors' scripts (`configs/reference/published.py`: Adam 1e-2
+constant, no clipping, batch 1024, embedding dim 8, one pass over the training days 2024-01-13 ..
+2024-02-03, tested on 2024-02-04). Every method's section holds its published defaults;
+`config.method.name` picks one (default `lcron`). RecFlow is not shipped: download it by hand
+(docs/data.md) and point config.data.dir at it. The first run converts the day files into a
+memory-mapped cache under config.data.cache_dir; later runs reuse it.
 
 Run:
-  python train.py --config configs/recflow_two_stage.py --workdir /tmp/cascadejax/recflow2 \
-      --config.data.dir=/path/to/RecFlow
+  python train.py --config configs/reference/recflow_two_stage.py --workdir /tmp/cascadejax/recflow2 \
+      --config.data.dir=/path/to/RecFlow [--config.method.name=arf_v2]
+  python -m cascadejax.compare --config configs/reference/recflow_two_stage.py \
+      --config.data.dir=/path/to/RecFlow --seeds 5 --out /tmp/cascadejax/recflow2_compare \
+      --methods bce,lcron,arf_v2,arf,rankflow,icc,fs_ranknet,fs_lambdaloss
 
 Steps: RecFlow holds about 9.3M requests over 37 days (~250k a day), so one pass over the 22
 training days is about 5,400 steps of 1,024; the reader logs each day's request count: set
@@ -20,7 +25,10 @@ bytes on this machine).
 
 from ml_collections import ConfigDict
 
-from configs import default, lcron
+from configs import default
+from configs.reference import published
+
+ONE_PASS_STEPS = 5_400  # ~5.5M training requests / 1024
 
 
 def recflow_data(num_stages: int) -> ConfigDict:
@@ -58,29 +66,12 @@ def din(k: int) -> ConfigDict:
       sequence="history", target="video_id", attention=(36,), hidden=(128, 64), chunk=16))))
 
 
-def lcron_recflow(c: ConfigDict) -> ConfigDict:
-  """LCRON's embedding, optimizer, batch and method settings applied to `c`."""
-  c.embedding.dim = 8
-  c.cascade.gt_num = 10
-  c.method.name = "lcron"
-  c.method.lcron = lcron.lcron_options()
-  c.optimizer.learning_rate = 1e-2
-  c.optimizer.schedule = "constant"
-  c.optimizer.warmup_steps = 0
-  c.optimizer.grad_clip = 0.0
-  c.train.batch_size = 1_024
-  c.train.eval_batch_size = 1_024
-  c.train.steps = 5_400
-  c.train.eval_every = 0
-  c.train.checkpoint_every = 1_000
-  return c
-
-
 def get_config() -> ConfigDict:
-  """RecFlow, two stages: DSSM (40 -> 30) -> DIN (30 -> 20), LCRON."""
+  """RecFlow, two stages: DSSM (40 -> 30) -> DIN (30 -> 20), the authors' training setup."""
   c = default.get_config()
   c.data = recflow_data(2)
   c.cascade.stages = ("retrieval", "prerank")
+  c.cascade.gt_num = 10
   c.cascade.retrieval = dssm(30)
   c.cascade.prerank = din(20)
-  return lcron_recflow(c)
+  return published.apply(c, steps=ONE_PASS_STEPS)
