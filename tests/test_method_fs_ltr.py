@@ -272,8 +272,8 @@ def test_padding_gets_no_gradient_and_empty_lists_are_finite(cls):
   assert value == 0 and np.all(np.asarray(grad) == 0)
 
 
-@pytest.mark.parametrize("name", ["fs_ranknet", "fs_lambdaloss"])
-@pytest.mark.parametrize("num_stages", [2, 3])
+# Each method at one depth: the two share the relabeling and the per-stage loop (suite time).
+@pytest.mark.parametrize("name,num_stages", [("fs_ranknet", 3), ("fs_lambdaloss", 2)])
 def test_trains_under_jit(name, num_stages, tmp_path):
   c = tiny_config(num_stages)
   c.method.name = name
