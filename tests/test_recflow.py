@@ -22,6 +22,17 @@ def _by_video(batch, r):
   return {int(v) - 1: i for i, v in enumerate(ids) if batch.mask[r, i]}
 
 
+def test_reference_label_values_are_the_lcron_loaders(hand):
+  cfg = data_config(hand, label_values="reference", cache_dir="")
+  train = data_lib.load(cfg, 2).splits["train"]
+  slot = _by_video(train, 0)   # prerank_neg, coarse_neg, rank_neg, then rank_pos at rank_index 1 and 0
+  np.testing.assert_array_equal([train.label[0, slot[v]] for v in (10, 11, 12, 13, 14)], [5, 6, 7, 29, 30])
+  with pytest.raises(ValueError, match=r"config.data.label_values must be one of \('graded', 'reference'\)"):
+    data_lib.load(data_config(hand, label_values="loader", cache_dir=""), 2)
+  with pytest.raises(ValueError, match=r"config.data.label_values='reference' reads the deepest group"):
+    data_lib.load(data_config(hand, label_values="reference", graded=("rank_neg", "rank_pos"), cache_dir=""), 2)
+
+
 def test_requests_stages_labels_features_and_history_by_hand(hand):
   data = data_lib.load(data_config(hand), 2)
   train = data.splits["train"]
@@ -92,6 +103,7 @@ def test_three_stages_use_the_rerank_groups_and_deepest_flag(tmp_path):
   random_day(tmp_path, "2024-01-14", 100, 5, seed=4)
   cfg = recflow_three_stage.get_config().data
   cfg.dir, cfg.cache_dir, cfg.per_group, cfg.list_size, cfg.history_len = str(tmp_path), "", 3, 15, 3
+  cfg.label_values = "graded"   # floor(label) is the group below
   cfg.train_days, cfg.test_days = ("2024-01-13", "2024-01-13"), ("2024-01-14", "2024-01-14")
   three = data_lib.load(cfg, 3).splits["train"]
   two = data_lib.load(data_config(tmp_path, per_group=3, list_size=12, history_len=3), 2).splits["train"]

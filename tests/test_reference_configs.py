@@ -22,7 +22,7 @@ def test_every_reference_config_is_the_published_setup(name):
   assert c.cascade.gt_num == 10
   stages = 3 if "three" in name else 2
   assert tuple(c.cascade[s].k for s in c.cascade.stages) == ((40, 30, 20) if stages == 3 else (30, 20))
-  assert c.data.list_size == 10 * (stages + 2)
+  assert c.data.list_size == 10 * (stages + 2) and c.data.label_values == "reference"
   assert c.method.name == "lcron"
   for method, cls in METHODS.items():   # every method's section holds exactly its published defaults
     assert c.method[method].to_dict() == dict(cls.defaults), method

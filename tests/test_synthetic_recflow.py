@@ -173,3 +173,21 @@ def test_trains_a_few_steps(num_stages, tmp_path):
   c.train.steps, c.train.eval_every, c.train.checkpoint_every = 4, 0, 4
   final = trainer.train_and_evaluate(c, str(tmp_path))
   assert final["final"] is True and 0 <= final["recall_e2e"] <= 1
+
+
+@pytest.mark.parametrize("num_stages", [2, 3])
+def test_reference_label_values_keep_the_order_with_the_loaders_values(num_stages):
+  cfg = recflow_config(num_stages).data
+  graded = synthetic.load(cfg, num_stages).splits["train"]
+  cfg.label_values = "reference"
+  ref = synthetic.load(cfg, num_stages).splits["train"]
+  sign = lambda x: np.sign(x[:, :, None] - x[:, None, :])
+  np.testing.assert_array_equal(sign(ref.label), sign(graded.label))   # every pair, ties included
+  top = num_stages + 1
+  depth = np.floor(graded.label).astype(int)
+  np.testing.assert_array_equal(ref.label[depth < top], (5.0 + depth)[depth < top])   # 5, 6, 7 (, 8)
+  position = np.round(1.0 / (graded.label - top) - 2.0)
+  np.testing.assert_array_equal(ref.label[depth == top], (30.0 - position)[depth == top])
+  cfg.label_values = "loader"
+  with pytest.raises(ValueError, match="config.data.label_values must be one of"):
+    synthetic.load(cfg, num_stages)

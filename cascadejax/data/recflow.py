@@ -27,6 +27,12 @@ logged position ranks higher. LCRON's two-stage setting: groups (prerank_neg, co
 rank_pos), 10 each, N = 40, retrieval keeps 30 and pre-rank 20, ground truth = the 10 rank_pos
 videos; three stages: (prerank_neg, coarse_neg, rank_neg, rerank_neg, rerank_pos), N = 50.
 
+With `config.data.label_values = "reference"` (absent = "graded") the labels are instead the values
+the LCRON authors' data loaders hand every loss (`dataset2.py`, `dataset3.py`): 30 - position in the
+deepest group, and 30 - a fixed index in the others (rerank_neg 22, rank_neg 23, coarse_neg 24,
+prerank_neg 25: labels 8, 7, 6, 5). They order every pair as the graded labels do, ties included;
+only losses that use label values as gains (FS-LambdaLoss) see the difference.
+
 **Features** (ids shifted by one, 0 = padding; tables sized id_cnt + 2, as RecFlow's reference code
 sizes them): user `user_id device_id age gender province` plus the request's `request_hour` and
 `request_wday` (local time at `utc_offset_hours`); items `video_id author_id category_level_one
@@ -61,6 +67,10 @@ DOWNLOAD = "https://github.com/RecFlow-ICLR/RecFlow (the USTC Drive link in its 
 GROUPS = ("prerank_neg", "coarse_neg", "rank_neg", "rank_pos", "rerank_neg", "rerank_pos", "realshow")
 POSITION = {"rank_pos": "rank_index", "rank_neg": "rank_index", "rerank_pos": "rerank_index",
             "rerank_neg": "rerank_index"}
+# The LCRON authors' loader labels: REFERENCE_TOP - index, with a fixed index outside the deepest group.
+REFERENCE_TOP = 30
+REFERENCE_INDEX = {"rerank_neg": 22, "rank_neg": 23, "coarse_neg": 24, "prerank_neg": 25}
+LABEL_VALUES = ("graded", "reference")
 DEFAULT_GROUPS = {2: ("prerank_neg", "coarse_neg", "rank_neg", "rank_pos"),
                   3: ("prerank_neg", "coarse_neg", "rank_neg", "rerank_neg", "rerank_pos")}
 USER_FIELDS = ("user_id", "device_id", "age", "gender", "province")
@@ -78,6 +88,32 @@ def _days(pair, key: str) -> list[str]:
   if end < start:
     raise ValueError(f"config.data.{key}: last day {end} is before first day {start}")
   return [str(start + datetime.timedelta(days=i)) for i in range((end - start).days + 1)]
+
+
+def reference_labels(depth: np.ndarray, position: np.ndarray, gs: tuple[str, ...]) -> np.ndarray:
+  """The labels of `label_values="reference"`: 30 - `position` in the deepest of the groups `gs`,
+  30 - the group's fixed index in the others.
+
+  Args:
+    depth: group index of every candidate (0 = `gs[0]`, the shallowest).
+    position: logged position of every candidate (read in the deepest group only).
+    gs: the group names, shallowest first; all but the deepest must be in `REFERENCE_INDEX`.
+
+  Returns:
+    float64 labels shaped like `depth`.
+  """
+  fixed = np.array([REFERENCE_TOP - REFERENCE_INDEX.get(g, REFERENCE_TOP) for g in gs], np.float64)
+  return np.where(depth == len(gs) - 1, REFERENCE_TOP - position.astype(np.float64), fixed[depth])
+
+
+def check_label_values(cfg: ConfigDict, gs: tuple[str, ...]) -> None:
+  """Raises `ValueError` naming `config.data.label_values` when the reference labels cannot apply."""
+  values = cfg.get("label_values", "graded")
+  if values not in LABEL_VALUES:
+    raise ValueError(f"config.data.label_values must be one of {LABEL_VALUES}, got {values!r}")
+  if values == "reference" and any(g not in REFERENCE_INDEX for g in gs[:-1]):
+    raise ValueError(f"config.data.label_values='reference' gives fixed labels to {tuple(REFERENCE_INDEX)} "
+                     f"only, but the shallower groups are {gs[:-1]}")
 
 
 def groups(cfg: ConfigDict, num_stages: int) -> tuple[str, ...]:
@@ -104,6 +140,10 @@ def check_config(cfg: ConfigDict, num_stages: int) -> None:
   if cfg.list_size != len(gs) * cfg.per_group:
     raise ValueError(f"config.data.list_size={cfg.list_size} must equal len(config.data.groups) * "
                      f"config.data.per_group = {len(gs)} * {cfg.per_group}")
+  check_label_values(cfg, gs)
+  if cfg.get("label_values", "graded") == "reference" and tuple(cfg.graded) != gs[-1:]:
+    raise ValueError(f"config.data.label_values='reference' reads the deepest group's positions: "
+                     f"config.data.graded must be ({gs[-1]!r},), got {tuple(cfg.graded)}")
   for key, value, allowed in (("graded", cfg.graded, tuple(g for g in gs if g in POSITION)),
                               ("feedback", cfg.feedback, FEEDBACK),
                               ("user_fields", cfg.user_fields, USER_FIELDS + tuple(CONTEXT_FIELDS)),
@@ -243,10 +283,13 @@ def read_day(cfg: ConfigDict, path: str, num_stages: int, id_cnt: dict[str, int]
     c[name] = v[first] if name in per_request else v[kept]
 
   d = depth[kept]
-  label = d.astype(np.float64)
-  for g in cfg.graded:
-    on = d == gs.index(g)
-    label[on] += 1.0 / (2.0 + c[POSITION[g]][on])
+  if cfg.get("label_values", "graded") == "reference":
+    label = reference_labels(d, c[POSITION[gs[-1]]], gs)
+  else:
+    label = d.astype(np.float64)
+    for g in cfg.graded:
+      on = d == gs.index(g)
+      label[on] += 1.0 / (2.0 + c[POSITION[g]][on])
   user = {f: (c[f] + 1).astype(np.int32) for f in users}
   if "request_timestamp" in c:
     local = c["request_timestamp"] // 1000 + int(cfg.utc_offset_hours * 3600)

@@ -8,6 +8,9 @@ What their scripts run for every method (`two_stage/*.sh`, `three_stage/*.sh` ->
   per-parameter, so one `optax.adam` over every parameter computes exactly the same updates.
 - Batch 1024, embedding dimension 8, behaviour sequences of 50, towers of 128 units, one
   embedding set per stage model (`embedding.shared = False`).
+- Labels as their data loaders give them (`config.data.label_values = "reference"`: 30 - the logged
+  position in the ground-truth group, 8, 7, 6, 5 for the others): the same order as cascadejax's
+  graded labels, other values, which FS-LambdaLoss uses as gains.
 - One pass over the training days per run ("epochs" 30..34 in the scripts only tag five repeated
   runs: each trains one epoch).
 - Per-method settings are the methods' published defaults here (`cascadejax/losses/cascade/`):

@@ -25,6 +25,7 @@ def get_config() -> ConfigDict:
   """RecFlow, three stages: DSSM (50 -> 40) -> MLP (40 -> 30) -> DIN (30 -> 20), the authors' setup."""
   c = default.get_config()
   c.data = recflow_data(3)
+  c.data.label_values = "reference"  # the authors' loader labels: 30 - rerank_index, 8, 7, 6, 5
   c.cascade.stages = ("retrieval", "prerank", "rank")
   c.cascade.retrieval = dssm(40)
   c.cascade.prerank = ConfigDict(dict(model="mlp", k=30, model_kwargs=ConfigDict(dict(hidden=(128, 64)))))

@@ -70,6 +70,7 @@ def get_config() -> ConfigDict:
   """RecFlow, two stages: DSSM (40 -> 30) -> DIN (30 -> 20), the authors' training setup."""
   c = default.get_config()
   c.data = recflow_data(2)
+  c.data.label_values = "reference"  # the authors' loader labels: 30 - rank_index, 7, 6, 5
   c.cascade.stages = ("retrieval", "prerank")
   c.cascade.gt_num = 10
   c.cascade.retrieval = dssm(30)
