@@ -1,5 +1,6 @@
-"""Pieces shared by the cascade training methods: request-level means, BCE on soft memberships,
-and the parsing of per-stage options.
+"""Pieces shared by the cascade training methods: request-level means, the label order's tie
+structure (targets read from it as the published code reads them), and the parsing of per-stage
+options.
 
 Means here run over each request's valid candidates, then over the requests that have any, so
 padding and empty requests never count and never produce NaN. Option errors name the config key
@@ -86,23 +87,6 @@ def label_split(labels: jax.Array, k: int, *, where: jax.Array, count_ties: bool
     return top, rest
   share = jnp.maximum(size, 1).astype(jnp.float32)
   return top / share, rest / share
-
-
-def binary_cross_entropy(p: jax.Array, y: jax.Array, *, where: jax.Array, eps: float) -> jax.Array:
-  """`-y log(p + eps) - (1 - y) log(1 - p + eps)` on probabilities, averaged by `list_mean`.
-
-  Args:
-    p: `[..., n]` probabilities (e.g. soft top-k memberships).
-    y: `[..., n]` targets in [0, 1] (bool or float).
-    where: `[..., n]` bool, the items that count.
-    eps: added inside both logs.
-
-  Returns:
-    A scalar.
-  """
-  y = y.astype(p.dtype)
-  loss = -y * jnp.log(p + eps) - (1.0 - y) * jnp.log(1.0 - p + eps)
-  return list_mean(loss, where)
 
 
 def per_stage_option(method: Any, key: str, cast: Callable[[Any], Any], *, length: int | None = None,

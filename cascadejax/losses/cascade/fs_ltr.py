@@ -61,6 +61,8 @@ Options (`config.method.<name>`); the defaults compute what the LCRON authors' c
 
 from __future__ import annotations
 
+import abc
+
 import jax
 import jax.numpy as jnp
 
@@ -169,10 +171,10 @@ class _FullStageLTR(CascadeMethod):
       positive = batch.feedback[field] > 0
     return relabel(batch.stage, self.num_stages, positive)
 
+  @abc.abstractmethod
   def stage_loss(self, scores: jax.Array, level: jax.Array, labels: jax.Array, batch: CascadeBatch,
                  where: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
     """One stage's loss over the candidates `where`, and named parts of it to log."""
-    raise NotImplementedError
 
   def loss(self, params, stage_scores: jax.Array, batch: CascadeBatch, *, rng: jax.Array):
     """Sum over stages of the ranking loss on the relabeled candidates; aux holds each stage's term."""

@@ -4,13 +4,15 @@ Gallagher, Chen, Blanco and Culpepper (*Joint Optimization of Cascade Ranking Mo
 doi:10.1145/3289600.3290986) write the whole cascade's output ranking as one differentiable score.
 Stage j of S keeps its top k_j; its hard survival test 1[f_j(i) >= kappa_j] becomes the indicator
 
-    I_j(i) = sigmoid((f_j(i) - kappa_j) / tau_j)       for j < S,     I_S = 0 (the last stage only ranks)
+    I_j(i) = sigmoid((f_j(i) - kappa_j) / tau_j)
     kappa_j = the k_j-th largest score of stage j among the request's valid candidates
 
-and the probability that candidate i leaves the cascade at stage j (passes stages 1..j-1, is cut by
-stage j; the last stage's "cut" is the final ranking) is
+In the paper the last stage only ranks (I_S = 0); the LCRON authors' baseline, the default here
+(`gate_last`), gates it too. The probability that candidate i leaves the cascade at stage j
+(passes stages 1..j-1, is cut by stage j; the last stage's "cut" is the final ranking) is
 
-    g_j(i) = (1 - I_j(i)) prod_{l<j} I_l(i)             (sum_j g_j(i) = 1)
+    g_j(i) = (1 - I_j(i)) prod_{l<j} I_l(i)     for j < S
+    g_S(i) = prod_{l<S} I_l(i)     (paper: sum_j g_j = 1)    or    prod_{l<=S} I_l(i)   (gate_last)
 
 The cascade's score of i is the score of the stage it leaves at, in expectation:
 
@@ -19,10 +21,10 @@ The cascade's score of i is the score of the stage it leaves at, in expectation:
            sum_{l<=j} f_l       score_type "full"        (later stages add to earlier scores)
            max_{l<=j} f_l       score_type "weak"
 
-and every stage is trained at once by a pairwise loss of F against the graded `label` order
-(RankNet by default: L = mean over pairs label_i > label_j of log(1 + exp(-(F(i) - F(j))))).
-A stage's gradient thus flows through its own score where it decides an item's exit, and through
-its indicator into the weights of every later stage.
+and every stage is trained at once by a pairwise loss of F against the graded `label` order (by
+default the LCRON authors' BCE over every slot pair, `slot_pair_bce`; RankNet in the paper's
+neural form). A stage's gradient thus flows through its own score where it decides an item's exit,
+and through its indicator into the weights of every later stage.
 
 Options (`config.method.icc`); the defaults compute what the LCRON authors' PyTorch baseline
 computes (kwai/LCRON, checked by tests/test_reference_fidelity.py), which differs from the paper's
