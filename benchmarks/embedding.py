@@ -11,7 +11,7 @@ gradient of a fixed linear function of the pooled vectors.
   dense:   `jnp.take` on the whole table, `jax.value_and_grad` (a `[rows, dim]` gradient) and
            `optax.adam` over the whole table, on one device: what the framework does without
            `config.embedding.sharded`.
-  sparse:  `cascadejax.sharded_embedding.lookup` with a gradient tap, `owner_row_grads` and lazy Adam
+  sparse:  `cascadejax.embedding.sharded.lookup` with a gradient tap, `owner_row_grads` and lazy Adam
            (`update_rows` with `RowRule("adam")`) on the rows looked up; the table and its Adam state
            row-sharded (mod placement) over n forced CPU devices, mesh (data n, model 1), split over
            both axes, batch split over data. Routing `all_to_all:F` bounds the buckets with
@@ -62,8 +62,8 @@ def run_case(kind: str, devices: int, routing: str, a: argparse.Namespace) -> di
   import optax  # noqa: PLC0415
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # noqa: PLC0415
 
-  from cascadejax import sharded_embedding as se  # noqa: PLC0415
-  from cascadejax.row_optimizer import RowRule  # noqa: PLC0415
+  from cascadejax.embedding import sharded as se  # noqa: PLC0415
+  from cascadejax.embedding.row_rules import RowRule  # noqa: PLC0415
 
   assert jax.device_count() == devices, (jax.device_count(), devices)
   ids = jax.random.randint(jax.random.key(1), (a.batch, a.bag), 0, a.rows, jnp.int32)

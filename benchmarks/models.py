@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cascadejax.data.schema import FeatureSpec  # noqa: E402
-from cascadejax.embedding import EmbeddingCollection  # noqa: E402
+from cascadejax.embedding.collection import EmbeddingCollection  # noqa: E402
 from cascadejax.losses.ranking import sigmoid_bce_loss  # noqa: E402
 from cascadejax.models import get_model  # noqa: E402
 

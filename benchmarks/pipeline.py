@@ -7,7 +7,7 @@ For each config (MovieLens is skipped with a note when its data directory is abs
 building the experiment (the MovieLens conversion is read from its cache when present):
 
   * pipeline alone: batches/s of `pipeline.train_dataset` -> `pipeline.train_iterator` (grain,
-    background reader threads) -> `sharding.put_batch` -> ready on device, with no step running;
+    background reader threads) -> `mesh_lib.put_batch` -> ready on device, with no step running;
   * train step alone: steps/s of the jitted `Experiment.train_step` on batches already on device;
   * loop: steps/s of the two together, as `trainer.py` runs them.
 
@@ -26,7 +26,7 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cascadejax import configuration, sharding  # noqa: E402
+from cascadejax import configuration, mesh as mesh_lib  # noqa: E402
 from cascadejax.data import movielens, pipeline  # noqa: E402
 from cascadejax.experiment import Experiment  # noqa: E402
 
@@ -57,10 +57,10 @@ def measure(path: str, iters: int, batch: int) -> dict[str, object]:
   ds = pipeline.train_dataset(split, global_batch_size=b, seed=0)
 
   it = pipeline.train_iterator(ds)
-  input_rate = rate(lambda: jax.block_until_ready(sharding.put_batch(next(it), exp.mesh)), iters)
+  input_rate = rate(lambda: jax.block_until_ready(mesh_lib.put_batch(next(it), exp.mesh)), iters)
   del it
 
-  on_device = [sharding.put_batch(ds[i], exp.mesh) for i in range(4)]
+  on_device = [mesh_lib.put_batch(ds[i], exp.mesh) for i in range(4)]
   holder = {"state": exp.init_state(), "i": 0}
 
   def step(batch):
@@ -73,7 +73,7 @@ def measure(path: str, iters: int, batch: int) -> dict[str, object]:
 
   step_rate = rate(step_only, iters)
   it = pipeline.train_iterator(ds)
-  loop_rate = rate(lambda: step(sharding.put_batch(next(it), exp.mesh)), iters)
+  loop_rate = rate(lambda: step(mesh_lib.put_batch(next(it), exp.mesh)), iters)
   return {"config": path, "N": config.data.list_size, "batch": b, "requests": split.batch_size,
           "build_s": build_s, "input": input_rate, "step": step_rate, "loop": loop_rate,
           "stages": " -> ".join(f"{s.model}(k={s.k})" for s in exp.cascade.stages)}

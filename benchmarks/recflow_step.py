@@ -45,7 +45,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.models import add_shape_args  # noqa: E402
-from cascadejax import sharding  # noqa: E402
+from cascadejax import mesh as mesh_lib  # noqa: E402
 from cascadejax.data import pipeline  # noqa: E402
 from cascadejax.experiment import Experiment  # noqa: E402
 from configs import dssm_din, lcron  # noqa: E402
@@ -97,7 +97,7 @@ def build(config):
   """`(experiment, state, batches)`: the built run, a fresh state and 4 train batches on device."""
   exp = Experiment.build(config)
   ds = pipeline.train_dataset(exp.data.splits["train"], global_batch_size=config.train.batch_size, seed=0)
-  batches = [sharding.put_batch(ds[i], exp.mesh) for i in range(4)]
+  batches = [mesh_lib.put_batch(ds[i], exp.mesh) for i in range(4)]
   for name, x in {**batches[0].user, **batches[0].items}.items():
     assert x.shape[0] == config.train.batch_size, (name, x.shape)
   return exp, exp.init_state(), batches
@@ -150,7 +150,7 @@ def breakdown(exp, state, batch, calls: int) -> dict[str, float]:
   loss = lambda p, sc, b: exp.method.loss(p, sc, b, rng=rng)[0]
   out[f"method loss ({exp.method.name}) fwd+bwd"] = _timed(jax.grad(loss, argnums=(0, 1)), params["method"],
                                                           scores, batch, calls=calls)
-  out["optimizer update"] = _timed(lambda g, o, p: exp.tx.update(g, o, p), params, state.opt_state, params, calls=calls)
+  out["optimizer update"] = _timed(lambda g, o, p: exp.update.apply(g, o, p), params, state.opt_state, params, calls=calls)
   return out
 
 

@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cascadejax.evaluate import restore  # noqa: E402
-from cascadejax.metrics import ground_truth  # noqa: E402
+from cascadejax.ops.selection import ground_truth  # noqa: E402
 from cascadejax.ops import soft_topk  # noqa: E402
 
 

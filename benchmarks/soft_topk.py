@@ -34,7 +34,7 @@ def run_case(method: str, n: int, batch: int, iters: int) -> dict:
   import jax.numpy as jnp  # noqa: PLC0415
 
   from cascadejax.data.schema import CascadeBatch  # noqa: PLC0415
-  from cascadejax.losses.cascade.lcron import LCRON  # noqa: PLC0415
+  from cascadejax.methods.lcron import LCRON  # noqa: PLC0415
 
   lcron = LCRON({"topk_method": method, "temperature": 1.0}, stage_names=("retrieval", "prerank"),
                 ks=(n // 2, n // 4), gt_num=n // 4)

@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cascadejax import configuration, metrics  # noqa: E402
-from cascadejax.data import synthetic  # noqa: E402
+from cascadejax.data import synthetic, synthetic_world  # noqa: E402
 
 
 def main() -> None:
@@ -36,9 +36,9 @@ def main() -> None:
   num_stages = len(config.cascade.stages)
   ks = tuple(config.cascade[s].k for s in config.cascade.stages)
   test = synthetic.load(config.data, num_stages).splits["test"]
-  world = synthetic.hidden_world(config.data)
+  world = synthetic_world.hidden_world(config.data)
   index = lambda ids: np.maximum(ids - 1, 0)  # padding slots score anything; they are masked
-  view, utility = synthetic.teacher_views(config.data, world, index(test.user["user_id"]),
+  view, utility = synthetic_world.teacher_views(config.data, world, index(test.user["user_id"]),
                                           index(test.user["context"]), index(test.items["item_id"]))
   where, labels = jnp.asarray(test.mask), jnp.asarray(test.label)
   recall = lambda stages: float(metrics.cascade_recall(jnp.asarray(np.stack(stages)), ks, labels,

@@ -21,7 +21,7 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cascadejax import configuration, sharding, trainer  # noqa: E402
+from cascadejax import configuration, mesh as mesh_lib, trainer  # noqa: E402
 from cascadejax.data import pipeline  # noqa: E402
 from cascadejax.experiment import Experiment  # noqa: E402
 
@@ -51,7 +51,7 @@ def main() -> None:
   config.data.num_test = 2 * args.batch
   exp = Experiment.build(config)
   ds = pipeline.train_dataset(exp.data.splits["train"], global_batch_size=args.batch, seed=0)
-  batches = [sharding.put_batch(ds[i], exp.mesh) for i in range(8)]
+  batches = [mesh_lib.put_batch(ds[i], exp.mesh) for i in range(8)]
   holder = {"state": exp.init_state(), "i": 0, "sums": None}
 
   def train_only():
@@ -62,10 +62,10 @@ def main() -> None:
   params = lambda: holder["state"].params["cascade"]
   eval_only = lambda: jax.block_until_ready(exp.eval_step(params(), batches[0]))
   it = pipeline.train_iterator(ds)
-  input_only = lambda: jax.block_until_ready(sharding.put_batch(next(it), exp.mesh))
+  input_only = lambda: jax.block_until_ready(mesh_lib.put_batch(next(it), exp.mesh))
 
   def loop():
-    holder["state"], m = exp.train_step(holder["state"], sharding.put_batch(next(it), exp.mesh))
+    holder["state"], m = exp.train_step(holder["state"], mesh_lib.put_batch(next(it), exp.mesh))
     holder["sums"] = trainer.accumulate(holder["sums"], m)
 
   def blocking_loop():

@@ -13,8 +13,11 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from cascadejax import models
+from cascadejax.optimizer import OPTIMIZERS, SCHEDULES
+from cascadejax.methods import get_method
+from cascadejax.sections import flatten, plain
 from cascadejax.data import check_valid_fraction
-from cascadejax.sharded_embedding import PLACEMENTS, ROUTINGS
+from cascadejax.embedding.layout import PLACEMENTS, ROUTINGS
 
 # Keys every config must define, with the types they must have.
 REQUIRED: dict[str, type | tuple[type, ...]] = {
@@ -45,8 +48,6 @@ REQUIRED: dict[str, type | tuple[type, ...]] = {
 }
 POSITIVE = ("data.list_size", "cascade.gt_num", "embedding.dim", "train.batch_size", "train.steps",
             "train.log_every", "train.eval_batch_size", "train.checkpoint_every", "train.keep_checkpoints")
-OPTIMIZERS = ("adam", "adamw", "sgd", "adagrad")
-SCHEDULES = ("constant", "cosine")
 # Keys a resumed run may change without changing what it computes (train.steps changes the
 # learning-rate schedule's length, which is the user's explicit choice; mesh.shape moves the run
 # to another device count, `Experiment.restore`).
@@ -99,7 +100,6 @@ def validate(config: ConfigDict) -> None:
     raise ValueError(f"config.cascade.gt_num={config.cascade.gt_num} exceeds the last stage's "
                      f"k ({received_from}={received}): the cascade could never recall all of it")
 
-  from cascadejax.losses.cascade import get_method  # noqa: PLC0415 (avoids an import cycle)
   get_method(config)  # raises on unknown names or options
 
   if config.optimizer.name not in OPTIMIZERS:
@@ -154,26 +154,6 @@ def _validate_sharded_embedding(config: ConfigDict) -> None:
   below = emb.get("replicate_below", 0)
   if not isinstance(below, int) or isinstance(below, bool) or below < 0:
     raise ValueError(f"config.embedding.replicate_below must be an int >= 0, got {below!r}")
-
-
-def plain(x: Any) -> Any:
-  """ConfigDicts -> dicts and lists -> tuples (hashable, as Flax module fields must be)."""
-  if isinstance(x, (ConfigDict, dict)):
-    return {k: plain(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return tuple(plain(v) for v in x)
-  return x
-
-
-def flatten(config: ConfigDict | dict, prefix: str = "") -> dict[str, Any]:
-  """`{"a.b.c": value}` for every leaf, lists as tuples."""
-  out = {}
-  for k, v in (config.items() if isinstance(config, (ConfigDict, dict)) else ()):
-    if isinstance(v, (ConfigDict, dict)):
-      out.update(flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = plain(v)
-  return out
 
 
 def from_file(path: str) -> ConfigDict:

@@ -20,19 +20,20 @@ import argparse
 import ast
 import json
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 
-from cascadejax import configuration, metrics, rerank, sharding
-from cascadejax.cascade import select
+from cascadejax import configuration, metrics, rerank, mesh as mesh_lib
+from cascadejax.ops.selection import select
 from cascadejax.data import pipeline
 from cascadejax.checkpoint import Checkpointer
 from cascadejax.experiment import Experiment
 from cascadejax.metric_writer import MetricWriter
 
 
-def restore(workdir: str, step: int | None = None, mesh_shape: tuple[int, ...] | None = None):
+def restore(workdir: str, step: int | None = None, mesh_shape: tuple[int, ...] | None = None, *,
+            devices: Sequence[jax.Device] | None = None):
   """`(experiment, state)` of a workdir's checkpoint (latest unless `step` is given).
 
   Args:
@@ -40,6 +41,7 @@ def restore(workdir: str, step: int | None = None, mesh_shape: tuple[int, ...] |
     step: the checkpoint's step (default: the latest).
     mesh_shape: overrides the saved `config.mesh.shape`, to read a checkpoint on another device
       count, e.g. `(1, 1)` for one written on a (2 data x 4 model) mesh (`Experiment.restore`).
+    devices: the devices to lay the mesh over (default: all of this process's).
   """
   config = configuration.load(workdir)
   if mesh_shape is not None:
@@ -49,7 +51,8 @@ def restore(workdir: str, step: int | None = None, mesh_shape: tuple[int, ...] |
   if checkpointer.latest_step() is None:
     raise FileNotFoundError(f"no checkpoint in {directory}: train first with train.py --workdir {workdir}")
   try:
-    exp = Experiment.build(config)
+    configuration.validate(config)
+    exp = Experiment.build(config, mesh_lib.make_mesh(config.mesh, devices))
   except ValueError as e:
     if "config.mesh.shape" not in str(e):
       raise
@@ -109,7 +112,7 @@ def rerank_metrics(exp: Experiment, params: Any, split: str = "test",
   size, procs, me = exp.config.train.eval_batch_size, jax.process_count(), jax.process_index()
   for batch in pipeline.eval_batches(exp.data.splits[split], size):
     local = batch.take(slice(me * size // procs, (me + 1) * size // procs))
-    sums.add(step(params, sharding.put_batch(local, exp.mesh)))
+    sums.add(step(params, mesh_lib.put_batch(local, exp.mesh)))
   return sums.means()
 
 

@@ -13,17 +13,16 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
-import optax
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from cascadejax import cascade as cascade_lib
-from cascadejax import configuration, data as data_lib, metrics, row_optimizer, sharding
+from cascadejax import configuration, data as data_lib, metrics, mesh as mesh_lib
 from cascadejax.checkpoint import Checkpointer
 from cascadejax.data import pipeline
 from cascadejax.data.schema import CascadeBatch, CascadeData
-from cascadejax.losses.cascade import CascadeMethod, get_method
-from cascadejax.sparse_training import SparseEmbedding
+from cascadejax.embedding import update as update_lib
+from cascadejax.methods import CascadeMethod, get_method
 
 
 @flax.struct.dataclass
@@ -44,27 +43,6 @@ class TrainState:
   nonfinite_step: jax.Array
 
 
-def learning_rate(cfg: ConfigDict, total_steps: int) -> optax.Schedule:
-  """The learning-rate schedule of `config.optimizer` (warmup, then constant or cosine decay)."""
-  peak, warmup = cfg.learning_rate, cfg.warmup_steps
-  if cfg.schedule == "cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total_steps, warmup + 1))
-  return optax.join_schedules([optax.linear_schedule(0.0, peak, max(warmup, 1)), optax.constant_schedule(peak)],
-                              [max(warmup, 1)]) if warmup else optax.constant_schedule(peak)
-
-
-def make_optimizer(cfg: ConfigDict, total_steps: int) -> optax.GradientTransformation:
-  """The optimizer of `config.optimizer`: optional clipping, then the named rule on a schedule."""
-  lr = learning_rate(cfg, total_steps)
-  rule = {"adam": lambda: optax.adam(lr), "sgd": lambda: optax.sgd(lr, momentum=0.9),
-          "adamw": lambda: optax.adamw(lr, weight_decay=cfg.weight_decay),
-          "adagrad": lambda: optax.adagrad(lr)}[cfg.name]()
-  parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
-  if cfg.weight_decay and cfg.name != "adamw":
-    parts.append(optax.add_decayed_weights(cfg.weight_decay))
-  return optax.chain(*parts, rule)
-
-
 def _all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)] or [jnp.bool_(True)]))
 
@@ -81,36 +59,44 @@ def update_is_finite(loss: jax.Array, grads: Any, grad_norm: jax.Array) -> jax.A
 
 @dataclasses.dataclass
 class Experiment:
-  """A built run. Use `Experiment.build(config)`."""
+  """A built run. Use `Experiment.build(config)`.
+
+  Attributes:
+    update: how the parameters are updated (`cascadejax.embedding.update`: dense optax, or the
+      row-sparse path of row-sharded tables); the steps below call only its interface.
+  """
 
   config: ConfigDict
   mesh: Mesh
   data: CascadeData
   cascade: cascade_lib.Cascade
   method: CascadeMethod
-  tx: optax.GradientTransformation
-  sparse: SparseEmbedding | None = None  # set with config.embedding.sharded: the sharded tables' path
+  update: update_lib.Update
 
   @classmethod
-  def build(cls, config: ConfigDict) -> "Experiment":
-    """Validates `config` (raising before any compilation), then builds mesh, data and modules."""
+  def build(cls, config: ConfigDict, mesh: Mesh | None = None) -> "Experiment":
+    """Validates `config` (raising before any compilation), then builds mesh, data and modules.
+
+    Args:
+      config: the run's config.
+      mesh: the device mesh to run on; default `config.mesh` over every device
+        (`cascadejax.mesh.make_mesh`). Its axes must be `config.mesh.axes`.
+    """
     configuration.validate(config)
-    mesh = sharding.make_mesh(config.mesh)
-    sharding.check_batch_size(config.train.batch_size, mesh, "config.train.batch_size")
-    sharding.check_batch_size(config.train.eval_batch_size, mesh, "config.train.eval_batch_size")
+    if mesh is None:
+      mesh = mesh_lib.make_mesh(config.mesh)
+    elif tuple(mesh.axis_names) != tuple(config.mesh.axes):
+      raise ValueError(f"Experiment.build: the mesh's axes {tuple(mesh.axis_names)} are not config.mesh.axes "
+                       f"{tuple(config.mesh.axes)}")
+    mesh_lib.check_batch_size(config.train.batch_size, mesh, "config.train.batch_size")
+    mesh_lib.check_batch_size(config.train.eval_batch_size, mesh, "config.train.eval_batch_size")
     data = data_lib.load(config.data, num_stages=len(config.cascade.stages))
     n = next(iter(data.splits.values())).list_size
     if n != config.data.list_size:
       raise ValueError(f"config.data.list_size={config.data.list_size} but the data has {n} candidate slots")
     cascade = cascade_lib.from_config(config, data.features, mesh)
-    opt, steps = config.optimizer, config.train.steps
-    sparse = None
-    if cascade.embedding.sharding is not None:
-      unclipped = ConfigDict({**opt.to_dict(), "grad_clip": 0.0})  # SparseEmbedding clips both parts together
-      sparse = SparseEmbedding(cascade, row_optimizer.from_config(opt), make_optimizer(unclipped, steps),
-                               learning_rate(opt, steps), opt.grad_clip)
     return cls(config=config, mesh=mesh, data=data, cascade=cascade, method=get_method(config),
-               tx=make_optimizer(opt, steps), sparse=sparse)
+               update=update_lib.from_config(cascade, config.optimizer, config.train.steps))
 
   # ---- state ----
   @property
@@ -126,7 +112,7 @@ class Experiment:
     c_rng, m_rng = jax.random.split(rng)
     params = {"cascade": self.cascade.init(c_rng, sample.user, sample.items)["params"],
               "method": self.method.init(m_rng)}
-    opt_state = self.tx.init(params) if self.sparse is None else self.sparse.init(params)
+    opt_state = self.update.init(params)
     return TrainState(step=jnp.int32(0), params=params, opt_state=opt_state,
                       nonfinite_step=jnp.int32(-1))
 
@@ -136,10 +122,7 @@ class Experiment:
   @functools.cached_property
   def state_sharding(self) -> Any:
     """A `TrainState`-shaped pytree of shardings (replicated, but for row-sharded tables and their state)."""
-    shapes = jax.eval_shape(self._init, self._keys()[0])
-    if self.sparse is not None:
-      return self.sparse.state_sharding(shapes, self.mesh)
-    return jax.tree.map(lambda _: sharding.replicated(self.mesh), shapes)
+    return self.update.state_sharding(jax.eval_shape(self._init, self._keys()[0]), self.mesh)
 
   def init_state(self) -> TrainState:
     """Fresh parameters and optimizer state, created directly with their shardings."""
@@ -153,27 +136,25 @@ class Experiment:
   # ---- checkpoints ----
   def layout(self) -> dict[str, Any]:
     """How this run lays out its state, saved with every checkpoint (see `restore`)."""
-    shards = None if self.sparse is None else self.sparse.sharding.num_shards
-    return {"devices": self.mesh.size, "processes": jax.process_count(), "embedding_shards": shards}
+    return {"devices": self.mesh.size, "processes": jax.process_count(), "embedding_shards": self.update.num_shards}
 
   def restore(self, checkpointer: Checkpointer, data_iterator: Any = None, step: int | None = None) -> TrainState:
     """The state of a checkpoint (latest unless `step`), on this run's mesh and shardings.
 
     The checkpoint may come from another device or process count: arrays are read onto this mesh,
     and row-sharded tables saved with another shard count are converted to this one's layout
-    (`SparseEmbedding.relayout`), so every logical row keeps its values and optimizer state.
+    (`Update.relayout`), so every logical row keeps its values and optimizer state.
     """
     saved = (checkpointer.layout(step) or {}).get("embedding_shards")
-    if self.sparse is None or saved in (None, self.sparse.sharding.num_shards):
+    if not self.update.needs_relayout(saved):
       return checkpointer.restore(self.abstract_state(), data_iterator, step)
-    old = dataclasses.replace(self.sparse.sharding, num_shards=saved)
-    state = checkpointer.restore(self.sparse.saved_abstract(self.abstract_state(), old), data_iterator, step)
-    return jax.jit(functools.partial(self.sparse.relayout, saved=old), out_shardings=self.state_sharding)(state)
+    state = checkpointer.restore(self.update.saved_abstract(self.abstract_state(), saved), data_iterator, step)
+    return jax.jit(functools.partial(self.update.relayout, saved_shards=saved), out_shardings=self.state_sharding)(state)
 
   # ---- steps ----
   @functools.cached_property
   def _batch_sharding(self) -> Any:
-    return jax.tree.map(lambda _: sharding.batch_sharding(self.mesh), self._sample())
+    return jax.tree.map(lambda _: mesh_lib.batch_sharding(self.mesh), self._sample())
 
   @functools.cached_property
   def train_step(self):
@@ -183,31 +164,21 @@ class Experiment:
     def step(state: TrainState, batch: CascadeBatch):
       dropout_rng, method_rng = jax.random.split(jax.random.fold_in(train_key, state.step))
 
-      def loss_fn(params, variables=None):  # variables: the sparse path's embedding taps
+      def loss_fn(params, variables):  # variables: extra collections of the update path (or None)
         scores = self.cascade.apply({"params": params["cascade"], **(variables or {})}, batch.user, batch.items,
                                     train=True, rngs={"dropout": dropout_rng})
         return self.method.loss(params["method"], scores, batch, rng=method_rng)
 
-      if self.sparse is None:
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        grad_norm = optax.tree.norm(grads)
-      else:
-        (loss, aux), grads = self.sparse.value_and_grad(loss_fn, state.params, batch)
-        grad_norm = self.sparse.global_norm(grads)
+      (loss, aux), grads = self.update.value_and_grad(loss_fn, state.params, batch)
+      grad_norm = self.update.global_norm(grads)
       finite = update_is_finite(loss, grads, grad_norm)
-
-      def update(_):
-        if self.sparse is not None:
-          return self.sparse.apply(grads, state.opt_state, state.params)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        return optax.apply_updates(state.params, updates), opt_state
-
-      params, opt_state = jax.lax.cond(finite, update, lambda _: (state.params, state.opt_state), None)
+      params, opt_state = jax.lax.cond(finite, lambda _: self.update.apply(grads, state.opt_state, state.params),
+                                       lambda _: (state.params, state.opt_state), None)
       first_bad = jnp.where((state.nonfinite_step < 0) & ~finite, state.step, state.nonfinite_step)
       new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, nonfinite_step=first_bad)
       return new_state, {"loss": loss, "grad_norm": grad_norm, **aux}
 
-    replicated = sharding.replicated(self.mesh)
+    replicated = mesh_lib.replicated(self.mesh)
     return self._in_mesh(jax.jit(step, in_shardings=(self.state_sharding, self._batch_sharding),
                                  out_shardings=(self.state_sharding, replicated), donate_argnums=0))
 
@@ -221,11 +192,10 @@ class Experiment:
                               stage_names=self.stage_names)
 
     return self._in_mesh(jax.jit(step, in_shardings=(self.state_sharding.params["cascade"], self._batch_sharding),
-                                 out_shardings=sharding.replicated(self.mesh)))
+                                 out_shardings=mesh_lib.replicated(self.mesh)))
 
   def _in_mesh(self, fn):
-    # Sharded lookups find the mesh in context (`jax.set_mesh`) when the step is traced.
-    return fn if self.sparse is None else sharding.with_mesh(fn, self.mesh)
+    return self.update.in_mesh(fn, self.mesh)
 
   def evaluate(self, params: Any, split: str = "test") -> dict[str, float]:
     """Metrics of the cascade with `params` (the cascade's part) over a whole split."""
@@ -235,5 +205,5 @@ class Experiment:
     size, procs, me = self.config.train.eval_batch_size, jax.process_count(), jax.process_index()
     for batch in pipeline.eval_batches(self.data.splits[split], size):
       local = batch.take(slice(me * size // procs, (me + 1) * size // procs))
-      sums.add(self.eval_step(params, sharding.put_batch(local, self.mesh)))
+      sums.add(self.eval_step(params, mesh_lib.put_batch(local, self.mesh)))
     return sums.means()

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
 
-from cascadejax.cascade import Cascade, select, stage_param_names
+from cascadejax.cascade import Cascade, stage_param_names
+from cascadejax.ops.selection import select
 from cascadejax.data.schema import CascadeBatch
 
 

@@ -12,7 +12,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from cascadejax.cascade import hard_topk, select
+from cascadejax.ops.selection import ground_truth, hard_topk, select
 from cascadejax.data.schema import CascadeBatch
 
 
@@ -25,11 +25,6 @@ def _reduce(values: jax.Array, where: jax.Array, reduce_fn) -> jax.Array:
 
 def _valid_lists(where: jax.Array) -> jax.Array:
   return where.any(axis=-1)
-
-
-def ground_truth(labels: jax.Array, gt_num: int, *, where: jax.Array) -> jax.Array:
-  """`[..., n]` bool: each list's top `gt_num` valid candidates by label."""
-  return hard_topk(labels, gt_num, where=where)
 
 
 def _recall(selected: jax.Array, truth: jax.Array) -> jax.Array:

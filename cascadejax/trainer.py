@@ -16,10 +16,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from absl import logging
+from jax.sharding import Mesh
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from cascadejax import configuration, sharding
+from cascadejax import configuration, mesh as mesh_lib
 from cascadejax.checkpoint import Checkpointer
 from cascadejax.data import pipeline
 from cascadejax.experiment import Experiment, TrainState
@@ -63,13 +64,14 @@ def _check_finite(state: TrainState, checkpointer: Checkpointer) -> None:
         "Lower config.optimizer.learning_rate, enable config.optimizer.grad_clip, or check the data.", bad + 1)
 
 
-def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ConfigDict, workdir: str, *, mesh: Mesh | None = None) -> dict[str, Any]:
   """Trains the cascade of `config`, evaluating and checkpointing into `workdir`.
 
   Args:
     config: a validated-on-entry `ConfigDict` (see `configs/default.py`).
     workdir: output directory: `config.json`, `checkpoints/`, `metrics.jsonl`, `tensorboard/`.
       If it already holds a checkpoint of the same config, training resumes from it.
+    mesh: the device mesh (default: `config.mesh` over every device; see `Experiment.build`).
 
   Returns:
     The final evaluation report on split `config.train.eval_split` (default "test"; also the last
@@ -88,7 +90,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
       logging.warning("resuming with a changed config.%s", key)
 
   # ---- experiment: mesh, data, model and optimizer, sharding, jitted steps ----
-  exp = Experiment.build(config)
+  exp = Experiment.build(config, mesh)
   cfg = config.train
   eval_split = cfg.get("eval_split", configuration.ADDED_KEYS["train.eval_split"])
   if eval_split not in exp.data.splits:  # before anything is compiled or trained
@@ -118,7 +120,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> dict[str, Any]:
   bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=not (cfg.get("progress_bar", True) and is_main))
   sums, count = None, 0
   for step in range(start, cfg.steps):
-    state, step_metrics = exp.train_step(state, sharding.put_batch(next(batches), exp.mesh))
+    state, step_metrics = exp.train_step(state, mesh_lib.put_batch(next(batches), exp.mesh))
     sums = accumulate(sums, step_metrics)
     count, done = count + 1, step + 1
     bar.update(1)

@@ -28,7 +28,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from cascadejax import configuration
-from cascadejax.losses.cascade import get_method
+from cascadejax.methods import get_method
 
 TUNE_OFFSET = 1000  # validation seed j trains with seed index TUNE_OFFSET + j; test seeds stay below it
 

@@ -68,7 +68,7 @@ def get_config() -> ConfigDict:
   c.embedding.replicate_below = 100_000  # rows
   c.embedding.capacity_factor = 0.0  # all_to_all: 0 = exact buckets; f > 0 = f x even share, overflow dropped
 
-  # ---- training method (cascadejax/losses/cascade/) ----
+  # ---- training method (cascadejax/methods/) ----
   c.method = ConfigDict()
   c.method.name = "independent"
   c.method.independent = ConfigDict(dict(train_on="all"))
@@ -93,7 +93,7 @@ def get_config() -> ConfigDict:
   c.train.keep_checkpoints = 3
   c.train.progress_bar = True
 
-  # ---- device mesh (cascadejax/sharding.py) ----
+  # ---- device mesh (cascadejax/mesh.py) ----
   c.mesh = ConfigDict()
   c.mesh.axes = ("data",)
   c.mesh.shape = (-1,)  # -1: all remaining devices

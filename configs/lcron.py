@@ -35,7 +35,7 @@ def lcron_options() -> ConfigDict:
 
 
 def get_config() -> ConfigDict:
-  """The default cascade and data, trained with `lcron` (cascadejax/losses/cascade/lcron.py)."""
+  """The default cascade and data, trained with `lcron` (cascadejax/methods/lcron.py)."""
   c = default.get_config()
   c.method.name = "lcron"
   c.method.lcron = lcron_options()

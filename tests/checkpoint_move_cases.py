@@ -14,10 +14,10 @@ import jax
 import numpy as np
 import pytest
 
-from cascadejax import evaluate, trainer
+from cascadejax import evaluate, mesh as mesh_lib, trainer
 from cascadejax.checkpoint import Checkpointer
 from cascadejax.experiment import Experiment
-from tests.conftest import mesh_devices, tiny_config
+from tests.conftest import tiny_config
 
 STEPS = 8
 
@@ -32,8 +32,8 @@ def _config(mesh_shape, sharded, shard_axes=("model",), placement="mod"):
 
 
 def _run(config, workdir):
-  with mesh_devices(jax.devices()[:math.prod(config.mesh.shape)]):
-    return trainer.train_and_evaluate(config, str(workdir))
+  mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:math.prod(config.mesh.shape)])
+  return trainer.train_and_evaluate(config, str(workdir), mesh=mesh)
 
 
 def _close(got, want):
@@ -74,14 +74,14 @@ def test_resume_on_another_device_count(tmp_path, monkeypatch, first, then, shar
 def test_evaluate_reads_an_eight_device_checkpoint_on_one(tmp_path):
   config = _config((2, 4), True, ("data", "model"), "mod")
   report = _run(config, tmp_path)
-  with mesh_devices(jax.devices()[:1]):
-    with pytest.raises(ValueError, match=r"needs 8 devices.*--mesh_shape"):
-      evaluate.restore(str(tmp_path))
-    exp, state = evaluate.restore(str(tmp_path), mesh_shape=(1, 1))
-    assert exp.cascade.embedding.sharding.num_shards == 1
-    table = state.params["cascade"]["embedding_retrieval"]["item_id"]
-    assert table.shape == (61, 4) and len(table.sharding.device_set) == 1
-    metrics = exp.evaluate(state.params["cascade"], "test")
+  one = jax.devices()[:1]
+  with pytest.raises(ValueError, match=r"needs 8 devices.*--mesh_shape"):
+    evaluate.restore(str(tmp_path), devices=one)
+  exp, state = evaluate.restore(str(tmp_path), mesh_shape=(1, 1), devices=one)
+  assert exp.cascade.embedding.sharding.num_shards == 1
+  table = state.params["cascade"]["embedding_retrieval"]["item_id"]
+  assert table.shape == (61, 4) and len(table.sharding.device_set) == 1
+  metrics = exp.evaluate(state.params["cascade"], "test")
   _close({k: report[k] for k in metrics}, metrics)
   # The logical table and its Adam moments are those of the 8-device run.
   exp8, state8 = evaluate.restore(str(tmp_path))

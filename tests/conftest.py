@@ -1,7 +1,5 @@
 """Shared fixtures: a tiny synthetic cascade that trains in seconds; a child pytest on forced devices."""
 
-import contextlib
-import functools
 import os
 import subprocess
 import sys
@@ -93,16 +91,3 @@ def check_child_case(results: dict[str, str | None], case: str) -> None:
   assert case in results, f"{case} did not run in the child pytest"
   if results[case]:
     pytest.fail(results[case])
-
-
-@contextlib.contextmanager
-def mesh_devices(devices):
-  """Within the block, `Experiment.build` lays meshes over `devices` (a subset of this process's)."""
-  from cascadejax import sharding  # noqa: PLC0415 (keeps JAX's device setup out of plain conftest imports)
-
-  orig = sharding.make_mesh
-  sharding.make_mesh = functools.partial(orig, devices=devices)
-  try:
-    yield
-  finally:
-    sharding.make_mesh = orig

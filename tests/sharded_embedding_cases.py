@@ -10,11 +10,11 @@ import optax
 import pytest
 from jax.sharding import Mesh
 
-from cascadejax import sharded_embedding as se
-from cascadejax import sharding
+from cascadejax.embedding import sharded as se
+from cascadejax import mesh as mesh_lib
 from cascadejax.experiment import Experiment
-from cascadejax.row_optimizer import RowRule
-from tests.conftest import mesh_devices, tiny_config
+from cascadejax.embedding.row_rules import RowRule
+from tests.conftest import tiny_config
 
 V, D, B, T = 37, 3, 8, 5
 LAYOUTS = [(axes, placement, routing) for axes in (("model",), ("data", "model"))
@@ -164,11 +164,10 @@ def test_sparse_update_equals_optax_on_touched_rows(mesh, name, routing):
 
 
 def _train(config, devices, steps=3, evaluate=False):
-  with mesh_devices(devices):
-    exp = Experiment.build(config)
+  exp = Experiment.build(config, mesh_lib.make_mesh(config.mesh, devices))
   state, split, log = exp.init_state(), exp.data.splits["train"], []
   for i in range(steps):
-    batch = sharding.put_batch(split.take(slice(16 * i, 16 * (i + 1))), exp.mesh)
+    batch = mesh_lib.put_batch(split.take(slice(16 * i, 16 * (i + 1))), exp.mesh)
     state, m = exp.train_step(state, batch)
     log.append({k: float(v) for k, v in m.items()})
   return exp, state, log, (exp.evaluate(state.params["cascade"], "test") if evaluate else None)

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from cascadejax import export, metric_writer, sharding, trainer
+from cascadejax import export, metric_writer, mesh as mesh_lib, trainer
 from cascadejax.data import pipeline
 from cascadejax.evaluate import evaluate_workdir, restore
 from cascadejax.experiment import Experiment
@@ -153,7 +153,7 @@ def test_gradient_norm_overflow_stops_training():
   exp = Experiment.build(tiny_config())
   loss = exp.method.loss
   exp.method.loss = lambda *a, **k: jax.tree.map(lambda x: x * 1e30, loss(*a, **k))
-  batch = sharding.put_batch(pipeline.train_dataset(exp.data.splits["train"], global_batch_size=16, seed=0)[0],
+  batch = mesh_lib.put_batch(pipeline.train_dataset(exp.data.splits["train"], global_batch_size=16, seed=0)[0],
                              exp.mesh)
   state = exp.init_state()
   before = jax.tree.map(lambda x: np.array(x, copy=True), state.params)

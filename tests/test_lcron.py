@@ -7,8 +7,8 @@ import pytest
 from ml_collections import ConfigDict
 
 from cascadejax.data.schema import CascadeBatch
-from cascadejax.losses.cascade import get_method
-from cascadejax.losses.cascade.lcron import LCRON
+from cascadejax.methods import get_method
+from cascadejax.methods.lcron import LCRON
 from cascadejax.ops import soft_topk
 from tests.conftest import tiny_config
 
@@ -113,7 +113,7 @@ def test_quirk_options_give_the_plain_bce_form_and_change_the_gradient():
 
 
 def _list_mean(values, where):
-  from cascadejax.losses.cascade.common import list_mean  # noqa: PLC0415
+  from cascadejax.methods.common import list_mean  # noqa: PLC0415
   return list_mean(values, where)
 
 

@@ -10,9 +10,9 @@ from ml_collections import ConfigDict
 from cascadejax import metric_writer, trainer
 from cascadejax.data.schema import CascadeBatch
 from cascadejax.evaluate import restore
-from cascadejax.losses.cascade import get_method
-from cascadejax.losses.cascade.arf import ARF, ARFv2
-from cascadejax.losses.cascade.common import label_permutation, label_split
+from cascadejax.methods import get_method
+from cascadejax.methods.arf import ARF, ARFv2
+from cascadejax.methods.common import label_permutation, label_split
 from cascadejax.ops import soft_topk
 from cascadejax.ops.soft_topk import split_mass
 from tests.conftest import tiny_config

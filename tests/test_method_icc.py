@@ -11,8 +11,8 @@ from ml_collections import ConfigDict
 
 from cascadejax import metric_writer, trainer
 from cascadejax.data.schema import CascadeBatch
-from cascadejax.losses.cascade import get_method
-from cascadejax.losses.cascade.icc import ICC
+from cascadejax.methods import get_method
+from cascadejax.methods.icc import ICC
 from tests.conftest import tiny_config
 
 NAMES = ("retrieval", "prerank", "rank")

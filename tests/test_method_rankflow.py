@@ -10,8 +10,8 @@ from ml_collections import ConfigDict
 from cascadejax import metric_writer, trainer
 from cascadejax.data.schema import CascadeBatch
 from cascadejax.evaluate import restore
-from cascadejax.losses.cascade import get_method
-from cascadejax.losses.cascade.rankflow import RankFlow
+from cascadejax.methods import get_method
+from cascadejax.methods.rankflow import RankFlow
 from tests.conftest import tiny_config
 
 NAMES = ("retrieval", "prerank", "rank")

@@ -8,7 +8,7 @@ from flax.errors import ScopeParamNotFoundError
 
 from cascadejax.cascade import Cascade, StageSpec, stage_param_names
 from cascadejax.data.schema import FeatureSpec
-from cascadejax.embedding import EmbeddingCollection, EmbeddingConfig, masked_mean
+from cascadejax.embedding.collection import EmbeddingCollection, EmbeddingConfig, masked_mean
 from cascadejax.models import MODELS, get_model
 from cascadejax.models.dcn import CrossLayerV2
 from cascadejax.models.mlp import joint_features

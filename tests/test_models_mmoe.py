@@ -9,7 +9,7 @@ import pytest
 from cascadejax import multitask
 from cascadejax.cascade import Cascade, StageSpec
 from cascadejax.data.schema import CascadeBatch
-from cascadejax.embedding import EmbeddingConfig
+from cascadejax.embedding.collection import EmbeddingConfig
 from cascadejax.losses.ranking import sigmoid_bce_loss
 from cascadejax.models import get_model
 from cascadejax.models.mmoe import Experts

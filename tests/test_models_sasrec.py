@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from cascadejax.embedding import Embedded
+from cascadejax.embedding.collection import Embedded
 from cascadejax.models import get_model
 from cascadejax.models.sasrec import sinusoidal_positions
 from tests.test_models import D, batch, dense_count, embed, embed_params, n_params

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cascadejax.data.schema import FeatureSpec
-from cascadejax.embedding import EmbeddingCollection
+from cascadejax.embedding.collection import EmbeddingCollection
 from cascadejax.models import get_model
 from tests.test_models import D, FEATURES, batch, dense_count, n_params
 

@@ -9,9 +9,9 @@ import pytest
 from ml_collections import ConfigDict
 
 from cascadejax import configuration
-from cascadejax.cascade import hard_topk
+from cascadejax.ops.selection import hard_topk
 from cascadejax.data.schema import FeatureSpec
-from cascadejax.embedding import EmbeddingCollection
+from cascadejax.embedding.collection import EmbeddingCollection
 from cascadejax.experiment import Experiment
 from cascadejax.models import get_model
 from cascadejax.models.moe_nominators import MoENominators, hash_pools, round_robin_scores

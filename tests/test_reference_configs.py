@@ -3,7 +3,7 @@
 import pytest
 
 from cascadejax import configuration
-from cascadejax.losses.cascade import METHODS
+from cascadejax.methods import METHODS
 from configs.reference import (recflow_three_stage, recflow_two_stage, simulator_three_stage,
                                simulator_two_stage)
 

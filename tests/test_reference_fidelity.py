@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from cascadejax.data.schema import CascadeBatch
-from cascadejax.losses.cascade import METHODS
+from cascadejax.methods import METHODS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.environ.get("CASCADEJAX_REFERENCE_FIXTURES",

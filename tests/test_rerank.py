@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cascadejax import metrics, rerank
-from cascadejax.cascade import hard_topk
+from cascadejax.ops.selection import hard_topk
 from cascadejax.data.schema import CascadeBatch
 from cascadejax.evaluate import rerank_metrics
 from cascadejax.experiment import Experiment

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import rax
 
-from cascadejax.cascade import hard_topk, select
+from cascadejax.ops.selection import hard_topk, select
 from cascadejax.data.schema import CascadeBatch
-from cascadejax.losses.cascade.bce import BCE
-from cascadejax.losses.cascade.independent import Independent
+from cascadejax.methods.bce import BCE
+from cascadejax.methods.independent import Independent
 from cascadejax.losses.ranking import sigmoid_bce_loss
 
 

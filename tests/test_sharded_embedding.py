@@ -10,10 +10,11 @@ import numpy as np
 import optax
 import pytest
 
-from cascadejax import configuration, sharded_embedding as se
+from cascadejax import configuration
+from cascadejax.embedding import sharded as se
 from cascadejax.data.schema import FeatureSpec
-from cascadejax.embedding import EmbeddingCollection
-from cascadejax.row_optimizer import RowRule
+from cascadejax.embedding.collection import EmbeddingCollection
+from cascadejax.embedding.row_rules import RowRule
 from tests.conftest import tiny_config
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cascadejax import data as data_lib
-from cascadejax.data import synthetic
+from cascadejax.data import synthetic, synthetic_world
 from tests.conftest import tiny_config
 
 
@@ -62,7 +62,7 @@ def test_cross_is_beyond_a_two_tower_of_the_default_width():
   # The default two-tower has 16-dim towers; its score matrix over (group, category) has rank <= 16.
   from configs import default
   cfg = default.get_config()
-  cross = synthetic.preference_cross(np.random.default_rng(0), cfg.data.num_user_groups, cfg.data.num_categories)
+  cross = synthetic_world.preference_cross(np.random.default_rng(0), cfg.data.num_user_groups, cfg.data.num_categories)
   s = np.linalg.svd(cross, compute_uv=False)
   out_dim = cfg.cascade.retrieval.model_kwargs.out_dim
   residual = (s[out_dim:] ** 2).sum() / (s**2).sum()
@@ -94,12 +94,12 @@ def test_noiseless_logs_are_the_hard_cascade_of_the_hidden_teacher_views():
   # With zero teacher noise the logged stages must be exactly the hard cascade over the noiseless
   # views that `teacher_views` and `hidden_world` expose to analyses.
   import jax.numpy as jnp
-  from cascadejax.cascade import select
+  from cascadejax.ops.selection import select
   cfg = tiny_config(3).data
   cfg.production.noise = (0.0, 0.0, 0.0)
   test = synthetic.load(cfg, 3).splits["test"]
   idx = lambda ids: np.maximum(ids - 1, 0)
-  view, utility = synthetic.teacher_views(cfg, synthetic.hidden_world(cfg), idx(test.user["user_id"]),
+  view, utility = synthetic_world.teacher_views(cfg, synthetic_world.hidden_world(cfg), idx(test.user["user_id"]),
                                           idx(test.user["context"]), idx(test.items["item_id"]))
   alive = np.asarray(select(jnp.asarray(np.stack([view, utility, utility])), cfg.production.ks,
                             where=jnp.asarray(test.mask)))

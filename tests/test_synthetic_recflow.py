@@ -9,7 +9,7 @@ from ml_collections import ConfigDict
 
 from cascadejax import data as data_lib
 from cascadejax import trainer
-from cascadejax.data import synthetic, synthetic_recflow
+from cascadejax.data import synthetic, synthetic_recflow, synthetic_world
 from tests.conftest import tiny_config
 
 PER_GROUP = 2
@@ -75,7 +75,7 @@ def test_noiseless_groups_are_the_production_filters_of_the_hidden_views(num_sta
   c.data.production.noise = (0.0,) * (num_stages + 1)
   test = synthetic.load(c.data, num_stages).splits["test"]
   idx = lambda ids: ids - 1
-  view, utility = synthetic.teacher_views(c.data, synthetic.hidden_world(c.data), idx(test.user["user_id"]),
+  view, utility = synthetic_world.teacher_views(c.data, synthetic_world.hidden_world(c.data), idx(test.user["user_id"]),
                                           idx(test.user["context"]), idx(test.items["item_id"]))
   d = group_of(test.label)
   for f in range(1, num_stages + 2):

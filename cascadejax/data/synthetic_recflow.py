@@ -1,7 +1,7 @@
 """The simulator's RecFlow layout: requests sampled the way LCRON's RecFlow protocol samples them.
 
 `config.data.layout = "recflow"` (with `config.data.name = "synthetic"`) keeps the world of
-`cascadejax/data/synthetic.py` (users, items, utility, histories, features, feedback) and changes how
+`cascadejax/data/synthetic_world.py` (users, items, utility, histories, features, feedback) and changes how
 each request's candidates are drawn, so the published RecFlow setting (Wang et al., LCRON, ICML 2025)
 can be studied without downloading RecFlow:
 
@@ -46,7 +46,7 @@ from ml_collections import ConfigDict
 
 from cascadejax.data import recflow
 from cascadejax.data.schema import CascadeBatch
-from cascadejax.data.synthetic import (World, draw_requests, extra_feedback, id_features,
+from cascadejax.data.synthetic_world import (World, draw_requests, extra_feedback, id_features,
                                        teacher_views, upstream_candidates)
 
 # Per cascade depth S: the pool and the S + 1 logged filters. Every group holds at least 20 members
@@ -176,7 +176,7 @@ def log_requests(cfg: ConfigDict, world: World, rng: np.random.Generator, num_re
 
   Args:
     cfg: the `config.data` section, already checked by `check_layout`.
-    world: the hidden world (`synthetic.make_world`).
+    world: the hidden world (`synthetic_world.make_world`).
     rng: the log generator; the output is a pure function of its state.
     num_requests: R.
     num_stages: S, the number of stages of the cascade trained on the logs.

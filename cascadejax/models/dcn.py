@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cascadejax.embedding import Embedded
+from cascadejax.embedding.collection import Embedded
 from cascadejax.models.layers import MLP
 from cascadejax.models.mlp import joint_features
 

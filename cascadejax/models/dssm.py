@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cascadejax.embedding import Embedded
+from cascadejax.embedding.collection import Embedded
 from cascadejax.models.layers import MLP, SequencePooling, context_vector
 
 POOLINGS = ("mean", "attention")

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cascadejax.embedding import Embedded, masked_mean
+from cascadejax.embedding.collection import Embedded, masked_mean
 from cascadejax.models.layers import MLP
 
 

@@ -13,7 +13,7 @@ What their scripts run for every method (`two_stage/*.sh`, `three_stage/*.sh` ->
   graded labels, other values, which FS-LambdaLoss uses as gains.
 - One pass over the training days per run ("epochs" 30..34 in the scripts only tag five repeated
   runs: each trains one epoch).
-- Per-method settings are the methods' published defaults here (`cascadejax/losses/cascade/`):
+- Per-method settings are the methods' published defaults here (`cascadejax/methods/`):
   LCRON NeuralSort tau 50, every k = gt_num; ARF/ARF-v2 tau 200, support m = each stage's k; ICC
   gates at sigma 1e-3; RankFlow alpha 0 in two stages; FS-LambdaLoss smooth fraction 0.8, topn
   30; and so on. `methods()` writes every method's defaults into the config, so each can be
@@ -22,7 +22,7 @@ What their scripts run for every method (`two_stage/*.sh`, `three_stage/*.sh` ->
 
 from ml_collections import ConfigDict
 
-from cascadejax.losses.cascade import METHODS
+from cascadejax.methods import METHODS
 
 BATCH_SIZE = 1_024
 LEARNING_RATE = 1e-2

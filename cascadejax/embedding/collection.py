@@ -3,8 +3,8 @@
 Stage models learn from vectors, not ids. The cascade looks the batch's id features up here and hands
 models an `Embedded` (vectors plus masks for sequences, and the raw candidate ids for the rare model
 that routes by id, such as fixed item pools). With `EmbeddingConfig.sharding` set, tables of at least
-`replicate_below` rows are row-sharded over the mesh and looked up by `cascadejax.sharded_embedding`
-(their training goes through `cascadejax.sparse_training`); models see the same `Embedded` either way.
+`replicate_below` rows are row-sharded over the mesh and looked up by `cascadejax.embedding.sharded`
+(their training goes through `cascadejax.embedding.update`); models see the same `Embedded` either way.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from cascadejax import sharded_embedding
+from cascadejax.embedding import sharded
 from cascadejax.data.schema import FeatureSpec, table_sizes
-from cascadejax.sharded_embedding import TableSharding
+from cascadejax.embedding.layout import TableSharding
 
-# Variable collection through which `cascadejax.sparse_training` reads sharded tables' row gradients.
+# Variable collection through which `cascadejax.embedding.update` reads sharded tables' row gradients.
 GRADS_COLLECTION = "embedding_grads"
 
 
@@ -69,7 +69,7 @@ class EmbeddingCollection(nn.Module):
     dim: embedding width of every table.
     stddev: standard deviation of the normal initialiser.
     table_sharding: None, or the layout of tables with at least `replicate_below` rows (stored as
-      `[K R, dim]` physical arrays, see `cascadejax.sharded_embedding`).
+      `[K R, dim]` physical arrays, see `cascadejax.embedding.sharded`).
   """
 
   features: tuple[FeatureSpec, ...]
@@ -85,10 +85,10 @@ class EmbeddingCollection(nn.Module):
     """Looks every declared feature of `user` and `items` up in its table."""
     init = nn.initializers.normal(self.stddev)
     sizes = table_sizes(self.features)
-    sharded = [name for name, rows in sorted(sizes.items()) if self._sharded(rows)]
+    row_sharded = [name for name, rows in sorted(sizes.items()) if self._sharded(rows)]
     tables = {}
     for name, rows in sorted(sizes.items()):
-      if name in sharded:  # same logical values as the dense table, stored in the sharded layout
+      if name in row_sharded:  # same logical values as the dense table, stored in the sharded layout
         tables[name] = self.param(name, lambda key, r=rows: self.table_sharding.to_physical(init(key, (r, self.dim))))
       else:
         tables[name] = self.param(name, init, (rows, self.dim))
@@ -96,16 +96,16 @@ class EmbeddingCollection(nn.Module):
     seq_mask = {}
     for f in self.features:
       ids = (user if f.side == "user" else items)[f.name]
-      if f.table not in sharded:
+      if f.table not in row_sharded:
         out[f.side][f.name] = jnp.take(tables[f.table], ids, axis=0)
       if f.sequence:
         seq_mask[f.name] = ids > 0
-    for name in sharded:  # one routed lookup per table, for all the features that read it
+    for name in row_sharded:  # one routed lookup per table, for all the features that read it
       feats = [f for f in self.features if f.table == name]
-      ids = sharded_embedding.table_ids(feats, user, items)
+      ids = sharded.table_ids(feats, user, items)
       tap = self.get_variable(GRADS_COLLECTION, name) if self.has_variable(GRADS_COLLECTION, name) else None
-      vectors = sharded_embedding.lookup(tables[name], ids, self.table_sharding, sizes[name], tap=tap)
-      split = sharded_embedding.split_rows(vectors, feats, user, items)
+      vectors = sharded.lookup(tables[name], ids, self.table_sharding, sizes[name], tap=tap)
+      split = sharded.split_rows(vectors, feats, user, items)
       for f in feats:
         out[f.side][f.name] = split[f.name]
     item_ids = {f.name: jnp.asarray(items[f.name]) for f in self.features if f.side == "items"}

@@ -25,8 +25,8 @@ from __future__ import annotations
 import jax
 
 from cascadejax.data.schema import CascadeBatch
-from cascadejax.losses.cascade.independent import Independent
-from cascadejax.metrics import ground_truth
+from cascadejax.methods.independent import Independent
+from cascadejax.ops.selection import ground_truth
 
 
 class BCE(Independent):

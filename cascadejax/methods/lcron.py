@@ -48,9 +48,9 @@ import jax
 import jax.numpy as jnp
 
 from cascadejax.data.schema import CascadeBatch
-from cascadejax.losses.cascade.base import CascadeMethod
-from cascadejax.losses.cascade.common import label_split, per_stage_option, stage_ks_option
-from cascadejax.losses.cascade.common import list_mean as _list_mean
+from cascadejax.methods.base import CascadeMethod
+from cascadejax.methods.common import label_split, per_stage_option, stage_ks_option
+from cascadejax.methods.common import list_mean as _list_mean
 from cascadejax.ops.soft_sort import neural_sort, soft_sort
 from cascadejax.ops.soft_topk import METHODS as TOPK_METHODS
 from cascadejax.ops.soft_topk import soft_topk, split_mass

@@ -12,7 +12,7 @@ logged cascade showed it, st(i) >= s - 1: the classic sample-selection-biased se
 
 This imitates the logged cascade stage by stage. The "BCE" baseline of the LCRON paper (Wang et
 al., ICML 2025, arXiv 2503.09492) trains every stage on the ground truth instead: that is `bce`
-(`cascadejax/losses/cascade/bce.py`).
+(`cascadejax/methods/bce.py`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from cascadejax.data.schema import CascadeBatch
-from cascadejax.losses.cascade.base import CascadeMethod
+from cascadejax.methods.base import CascadeMethod
 from cascadejax.losses.ranking import sigmoid_bce_loss
 
 

@@ -50,9 +50,9 @@ import jax
 import jax.numpy as jnp
 
 from cascadejax.data.schema import CascadeBatch
-from cascadejax.losses.cascade.base import CascadeMethod
-from cascadejax.losses.cascade.common import label_permutation, label_split, list_mean, per_stage_option
-from cascadejax.losses.cascade.common import stage_ks_option
+from cascadejax.methods.base import CascadeMethod
+from cascadejax.methods.common import label_permutation, label_split, list_mean, per_stage_option
+from cascadejax.methods.common import stage_ks_option
 from cascadejax.ops.soft_sort import neural_sort, soft_sort
 from cascadejax.ops.soft_topk import split_mass
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
-from cascadejax.losses.cascade.arf import ARF, ARFv2
-from cascadejax.losses.cascade.base import CascadeMethod
-from cascadejax.losses.cascade.bce import BCE
-from cascadejax.losses.cascade.fs_ltr import FSLambdaLoss, FSRankNet
-from cascadejax.losses.cascade.icc import ICC
-from cascadejax.losses.cascade.independent import Independent
-from cascadejax.losses.cascade.lcron import LCRON
-from cascadejax.losses.cascade.rankflow import RankFlow
+from cascadejax.methods.arf import ARF, ARFv2
+from cascadejax.methods.base import CascadeMethod
+from cascadejax.methods.bce import BCE
+from cascadejax.methods.fs_ltr import FSLambdaLoss, FSRankNet
+from cascadejax.methods.icc import ICC
+from cascadejax.methods.independent import Independent
+from cascadejax.methods.lcron import LCRON
+from cascadejax.methods.rankflow import RankFlow
 
 METHODS: dict[str, type[CascadeMethod]] = {m.name: m for m in (Independent, BCE, LCRON, RankFlow, ARF, ARFv2,
                                                                FSRankNet, FSLambdaLoss, ICC)}

@@ -40,12 +40,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from cascadejax.cascade import hard_topk
 from cascadejax.data.schema import CascadeBatch
-from cascadejax.losses.cascade.base import CascadeMethod
-from cascadejax.losses.cascade.common import per_stage_option, stage_ks_option
+from cascadejax.methods.base import CascadeMethod
+from cascadejax.methods.common import per_stage_option, stage_ks_option
 from cascadejax.losses.ranking import mse_loss, sigmoid_bce_loss
-from cascadejax.metrics import ground_truth
+from cascadejax.ops.selection import ground_truth, hard_topk
 
 LABELS = ("ground_truth", "exposed", "stage")
 

@@ -61,10 +61,10 @@ import jax
 import jax.numpy as jnp
 
 from cascadejax.data.schema import CascadeBatch
-from cascadejax.losses.cascade.base import CascadeMethod
-from cascadejax.losses.cascade.common import per_stage_option, stage_ks_option
+from cascadejax.methods.base import CascadeMethod
+from cascadejax.methods.common import per_stage_option, stage_ks_option
 from cascadejax.losses.pairwise import hinge_loss, lambdaloss, lambdarank_loss, ranknet_loss
-from cascadejax.metrics import ground_truth
+from cascadejax.ops.selection import ground_truth
 
 SCORE_TYPES = ("independent", "full", "weak")
 CUTOFFS = ("kth", "kth_grad", "midpoint")

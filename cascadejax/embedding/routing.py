@@ -21,7 +21,7 @@ distinct and could belong to one shard), so everything jits; `TableSharding.rout
 Ids are not deduplicated on the way out: with worst-case buffer sizes it would save no traffic.
 Gradients take the reverse route to the owners (all-gather over data, or all-to-all), where
 `lookup_dense` scatter-adds them into the shard (the table's ordinary cotangent) and
-`cascadejax.sharded_embedding.owner_row_grads` sums repeated rows with one fixed-size
+`cascadejax.embedding.sharded.owner_row_grads` sums repeated rows with one fixed-size
 `jnp.unique` + `segment_sum` (`dedup`) for a row-wise optimizer. `lookup_tap` hands the per-id
 cotangents to a zero "tap" argument instead of the table, so no `[V, D]` gradient is ever formed.
 """
@@ -31,15 +31,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-if TYPE_CHECKING:
-  from cascadejax.sharded_embedding import TableSharding
+from cascadejax.embedding.layout import TableSharding
 
 SENTINEL = int(np.iinfo(np.int32).max)  # fills empty bucket slots; never a valid id
 
