@@ -88,15 +88,69 @@ def stage_param_names(cascade: Cascade, stage: int) -> tuple[str, ...]:
   return ("embedding" if cascade.embedding.shared else f"embedding_{name}", f"stage_{name}")
 
 
+@dataclasses.dataclass(frozen=True)
+class CascadeSection:
+  """`config.cascade`: the stages in order (each `config.cascade.<name>` with `model`, `k` and
+  optional `model_kwargs`) and `gt_num`, the ground truth's size.
+
+  Attributes:
+    stages: one `StageSpec` per stage, retrieval first.
+    gt_num: the ground truth is each request's top `gt_num` candidates by label.
+  """
+
+  stages: tuple[StageSpec, ...]
+  gt_num: int
+
+  @classmethod
+  def parse(cls, cfg: ConfigDict, list_size: int) -> "CascadeSection":
+    """Checks stage definitions (known model, known hyperparameters, each k smaller than the
+    candidates the stage receives: `list_size` for the first) and `gt_num <= k_S`.
+
+    Raises:
+      ValueError: naming the `config.cascade` key that cannot work.
+    """
+    for key in ("stages", "gt_num"):
+      if key not in cfg:
+        raise ValueError(f"config is missing required key config.cascade.{key}")
+    names = cfg.stages
+    if not isinstance(names, (tuple, list)):
+      raise ValueError(f"config.cascade.stages must be a tuple of stage names, got {names!r}")
+    names = tuple(names)
+    if not names:
+      raise ValueError("config.cascade.stages must name at least one stage")
+    if len(set(names)) != len(names):
+      raise ValueError(f"config.cascade.stages has repeated names: {names}")
+    gt_num = cfg.gt_num
+    if not isinstance(gt_num, int) or isinstance(gt_num, bool) or gt_num < 1:
+      raise ValueError(f"config.cascade.gt_num must be an int >= 1, got {gt_num!r}")
+    received, received_from = list_size, "config.data.list_size (the candidates per request)"
+    stages = []
+    for name in names:
+      prefix = f"config.cascade.{name}"
+      section = cfg.get(name, None)
+      for key in ("model", "k"):
+        if not isinstance(section, (ConfigDict, dict)) or key not in section:
+          raise ValueError(f"config is missing required key {prefix}.{key}")
+      model, k = section["model"], section["k"]
+      if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"{prefix}.k must be a positive int, got {k!r}")
+      if k >= received:
+        raise ValueError(f"{prefix}.k={k} must be smaller than the {received} candidates the stage "
+                         f"receives ({received_from}); a later stage must keep fewer than an earlier one")
+      kwargs = plain(section.get("model_kwargs", {}))
+      models.get_model(model, kwargs, config_key=f"{prefix}.model")
+      stages.append(StageSpec(name=name, model=model, k=k, model_kwargs=tuple(sorted(kwargs.items()))))
+      received, received_from = k, f"{prefix}.k"
+    if gt_num > received:
+      raise ValueError(f"config.cascade.gt_num={gt_num} exceeds the last stage's k ({received_from}="
+                       f"{received}): the cascade could never recall all of it")
+    return cls(stages=tuple(stages), gt_num=gt_num)
+
+
 def from_config(config: ConfigDict, features: tuple[FeatureSpec, ...], mesh=None) -> Cascade:
-  """Builds the `Cascade` of `config.cascade` and `config.embedding` (validated beforehand).
+  """Builds the `Cascade` of `config.cascade` and `config.embedding`.
 
   `mesh` (a `jax.sharding.Mesh`) is needed only to lay out row-sharded tables (`config.embedding.sharded`).
   """
-  stages = tuple(
-      StageSpec(name=name, model=config.cascade[name].model, k=int(config.cascade[name].k),
-                model_kwargs=tuple(sorted(plain(config.cascade[name].get("model_kwargs", {})).items())))
-      for name in config.cascade.stages)
-  return Cascade(stages=stages, features=features,
-                 embedding=EmbeddingConfig.from_config(config.embedding, mesh))
-
+  stages = CascadeSection.parse(config.cascade, config.data.list_size).stages
+  return Cascade(stages=stages, features=features, embedding=EmbeddingConfig.from_config(config.embedding, mesh))

@@ -1,53 +1,30 @@
-"""Config checks that run before anything is compiled, and config (de)serialisation for workdirs.
+"""The run's config: every section parsed and checked before anything is built, and workdir I/O.
 
-Every error names the offending key as it is written on the command line (`config.cascade.prerank.k`).
+`validate(config)` parses each section into the frozen dataclass of the layer that owns it
+(`DataSection`, `CascadeSection`, `EmbeddingSection`, the method, `OptimizerSection`, `TrainSection`,
+`MeshSection`, `RerankSection`), runs the checks that span sections, and returns them all as
+`Sections`. Defaults live in those dataclasses only; `ADDED_KEYS` is derived from them. Every error
+names the offending key as it is written on the command line (`config.cascade.prerank.k`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
-from typing import Any
 
 from ml_collections import ConfigDict
 
-from cascadejax import models
-from cascadejax.optimizer import OPTIMIZERS, SCHEDULES
-from cascadejax.methods import get_method
-from cascadejax.sections import flatten, plain
-from cascadejax.data import check_valid_fraction
-from cascadejax.embedding.layout import PLACEMENTS, ROUTINGS
+from cascadejax import data as data_lib
+from cascadejax.cascade import CascadeSection
+from cascadejax.embedding.collection import EmbeddingSection
+from cascadejax.mesh import MeshSection
+from cascadejax.methods import CascadeMethod, get_method
+from cascadejax.optimizer import OptimizerSection
+from cascadejax.rerank import RerankSection
+from cascadejax.sections import Section, flatten, plain
 
-# Keys every config must define, with the types they must have.
-REQUIRED: dict[str, type | tuple[type, ...]] = {
-    "seed": int,
-    "data.name": str,
-    "data.seed": int,
-    "data.list_size": int,
-    "cascade.stages": (tuple, list),
-    "cascade.gt_num": int,
-    "embedding.dim": int,
-    "embedding.shared": bool,
-    "method.name": str,
-    "optimizer.name": str,
-    "optimizer.learning_rate": (int, float),
-    "optimizer.schedule": str,
-    "optimizer.warmup_steps": int,
-    "optimizer.weight_decay": (int, float),
-    "optimizer.grad_clip": (int, float),
-    "train.batch_size": int,
-    "train.steps": int,
-    "train.log_every": int,
-    "train.eval_every": int,
-    "train.eval_batch_size": int,
-    "train.checkpoint_every": int,
-    "train.keep_checkpoints": int,
-    "mesh.axes": (tuple, list),
-    "mesh.shape": (tuple, list),
-}
-POSITIVE = ("data.list_size", "cascade.gt_num", "embedding.dim", "train.batch_size", "train.steps",
-            "train.log_every", "train.eval_batch_size", "train.checkpoint_every", "train.keep_checkpoints")
 # Keys a resumed run may change without changing what it computes (train.steps changes the
 # learning-rate schedule's length, which is the user's explicit choice; mesh.shape moves the run
 # to another device count, `Experiment.restore`).
@@ -55,105 +32,100 @@ RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.eval_every", "trai
                      "train.checkpoint_every", "train.keep_checkpoints", "train.progress_bar", "mesh.shape")
 
 
-def _get(config: ConfigDict, dotted: str) -> Any:
-  node = config
-  for part in dotted.split("."):
-    if not isinstance(node, (ConfigDict, dict)) or part not in node:
-      raise ValueError(f"config is missing required key config.{dotted}")
-    node = node[part]
-  return node
+@dataclasses.dataclass(frozen=True)
+class TrainSection(Section):
+  """`config.train`: the training loop's batch sizes, length, logging, evaluation and checkpoints.
 
-
-def validate(config: ConfigDict) -> None:
-  """Raises `ValueError` naming the first key of `config` that cannot work.
-
-  Checks required keys and their types, stage definitions (known model, known hyperparameters,
-  each k smaller than the candidates the stage receives), `gt_num <= k_S`, the method name and
-  options, the optimizer, the mesh spec, and that eval batches pad cleanly.
+  Attributes:
+    batch_size, eval_batch_size: global batch sizes (divisible by the mesh's data axis).
+    steps: train steps of the whole run.
+    log_every, eval_every, checkpoint_every: periods in steps (eval_every 0 = only the final one).
+    keep_checkpoints: how many recent checkpoints to keep.
+    progress_bar: show a tqdm bar on the main process.
+    eval_split: the split the periodic and final evaluations read ("valid" needs
+      `config.data.valid_fraction` > 0).
   """
-  for key, typ in REQUIRED.items():
-    value = _get(config, key)
-    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-      raise ValueError(f"config.{key} must be of type {typ}, got {value!r}")
-  for key in POSITIVE:
-    if _get(config, key) < 1:
-      raise ValueError(f"config.{key} must be >= 1, got {_get(config, key)}")
 
-  stages = tuple(config.cascade.stages)
-  if not stages:
-    raise ValueError("config.cascade.stages must name at least one stage")
-  if len(set(stages)) != len(stages):
-    raise ValueError(f"config.cascade.stages has repeated names: {stages}")
-  received, received_from = config.data.list_size, "config.data.list_size (the candidates per request)"
-  for name in stages:
-    section = _get(config, f"cascade.{name}")
-    prefix = f"config.cascade.{name}"
-    model, k = _get(config, f"cascade.{name}.model"), _get(config, f"cascade.{name}.k")
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-      raise ValueError(f"{prefix}.k must be a positive int, got {k!r}")
-    if k >= received:
-      raise ValueError(f"{prefix}.k={k} must be smaller than the {received} candidates the stage "
-                       f"receives ({received_from}); a later stage must keep fewer than an earlier one")
-    models.get_model(model, plain(section.get("model_kwargs", {})), config_key=f"{prefix}.model")
-    received, received_from = k, f"{prefix}.k"
-  if config.cascade.gt_num > received:
-    raise ValueError(f"config.cascade.gt_num={config.cascade.gt_num} exceeds the last stage's "
-                     f"k ({received_from}={received}): the cascade could never recall all of it")
+  KEY = "train"
+  ADDED = ("progress_bar", "eval_split")
+  batch_size: int
+  steps: int
+  log_every: int
+  eval_every: int
+  eval_batch_size: int
+  checkpoint_every: int
+  keep_checkpoints: int
+  progress_bar: bool = True
+  eval_split: str = "test"
 
-  get_method(config)  # raises on unknown names or options
-
-  if config.optimizer.name not in OPTIMIZERS:
-    raise ValueError(f"config.optimizer.name: unknown optimizer {config.optimizer.name!r}; available: {OPTIMIZERS}")
-  if config.optimizer.schedule not in SCHEDULES:
-    raise ValueError(f"config.optimizer.schedule: unknown schedule {config.optimizer.schedule!r}; "
-                     f"available: {SCHEDULES}")
-  if config.optimizer.learning_rate <= 0:
-    raise ValueError(f"config.optimizer.learning_rate must be > 0, got {config.optimizer.learning_rate}")
-  if len(config.mesh.axes) != len(config.mesh.shape):
-    raise ValueError(f"config.mesh.axes {tuple(config.mesh.axes)} and config.mesh.shape "
-                     f"{tuple(config.mesh.shape)} must have the same length")
-  if "data" not in config.mesh.axes:
-    raise ValueError(f"config.mesh.axes must include a 'data' axis, got {tuple(config.mesh.axes)}")
-  _validate_sharded_embedding(config)
-  _validate_splits(config)
+  def check(self) -> None:
+    for key in ("batch_size", "steps", "log_every", "eval_batch_size", "checkpoint_every", "keep_checkpoints"):
+      if getattr(self, key) < 1:
+        raise ValueError(f"config.train.{key} must be >= 1, got {getattr(self, key)}")
+    if self.eval_every < 0:
+      raise ValueError(f"config.train.eval_every must be >= 0 (0 = only the final evaluation), got {self.eval_every}")
+    if not self.eval_split:
+      raise ValueError("config.train.eval_split must be a split name such as 'test' or 'valid', got ''")
 
 
-def _validate_splits(config: ConfigDict) -> None:
-  """Checks the optional `config.data.valid_fraction` (absent = 0, no validation split) and
-  `config.train.eval_split` (absent = "test"); the trainer checks that the split exists in the data."""
-  fraction = config.data.get("valid_fraction", ADDED_KEYS["data.valid_fraction"])
-  check_valid_fraction(fraction)
-  split = config.train.get("eval_split", ADDED_KEYS["train.eval_split"])
-  if not isinstance(split, str) or not split:
-    raise ValueError(f"config.train.eval_split must be a split name such as 'test' or 'valid', got {split!r}")
-  if split == "valid" and not fraction:
+SECTIONS: tuple[type[Section], ...] = (data_lib.DataSection, EmbeddingSection, OptimizerSection, TrainSection,
+                                       MeshSection, RerankSection)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sections:
+  """Every section of a validated config (`validate`)."""
+
+  seed: int
+  data: data_lib.DataSection
+  cascade: CascadeSection
+  embedding: EmbeddingSection
+  method: CascadeMethod
+  optimizer: OptimizerSection
+  train: TrainSection
+  mesh: MeshSection
+  rerank: RerankSection
+
+
+def _section(config: ConfigDict, key: str) -> ConfigDict:
+  if key not in config or not isinstance(config[key], (ConfigDict, dict)):
+    raise ValueError(f"config is missing required key config.{key} (a section)")
+  return config[key]
+
+
+def validate(config: ConfigDict) -> Sections:
+  """Parses and checks every section of `config`, and the checks that span sections; returns them.
+
+  Raises:
+    ValueError: naming the first key of `config` that cannot work: a missing or ill-typed key,
+      unknown options, stage definitions (known model and hyperparameters, each k smaller than the
+      candidates the stage receives, `gt_num <= k_S`), the method, the optimizer, the mesh, the
+      sharded-table axes, the evaluation split and the re-ranking stage.
+  """
+  seed = config.get("seed", None)
+  if not isinstance(seed, int) or isinstance(seed, bool):
+    raise ValueError(f"config.seed must be of type int, got {seed!r}")
+  data = data_lib.DataSection.parse(_section(config, "data"))
+  cascade = CascadeSection.parse(_section(config, "cascade"), data.list_size)
+  data_lib.check_config(config.data, len(cascade.stages))
+  embedding = EmbeddingSection.parse(_section(config, "embedding"))
+  method_section = _section(config, "method")
+  if not isinstance(method_section.get("name", None), str):
+    raise ValueError(f"config.method.name must be of type str, got {method_section.get('name', None)!r}")
+  method = get_method(config)  # raises on unknown names or options
+  optimizer = OptimizerSection.parse(_section(config, "optimizer"))
+  train = TrainSection.parse(_section(config, "train"))
+  mesh = MeshSection.parse(_section(config, "mesh"))
+  rerank = RerankSection.parse(config.get("rerank", None))
+  rerank.check_cascade(cascade.stages[-1].k)
+  if embedding.sharded and any(a not in mesh.axes for a in embedding.shard_axes):
+    raise ValueError(f"config.embedding.shard_axes {embedding.shard_axes} must be axes of config.mesh.axes "
+                     f"{mesh.axes}")
+  if train.eval_split == "valid" and not data.valid_fraction:
     raise ValueError("config.train.eval_split='valid' needs a validation split: set config.data.valid_fraction "
                      "> 0 (the share of the training requests moved into it)")
-
-
-def _validate_sharded_embedding(config: ConfigDict) -> None:
-  """Checks the optional row-sharding keys of `config.embedding` (absent = not sharded)."""
-  emb = config.embedding
-  if not isinstance(emb.get("sharded", False), bool):
-    raise ValueError(f"config.embedding.sharded must be a bool, got {emb.sharded!r}")
-  if not emb.get("sharded", False):
-    return
-  axes = emb.get("shard_axes", ("model",))
-  if not isinstance(axes, (tuple, list)) or not axes or len(set(axes)) != len(axes):
-    raise ValueError(f"config.embedding.shard_axes must be a non-empty tuple of distinct mesh axes, got {axes!r}")
-  if any(a not in config.mesh.axes for a in axes):
-    raise ValueError(f"config.embedding.shard_axes {tuple(axes)} must be axes of config.mesh.axes "
-                     f"{tuple(config.mesh.axes)}")
-  if emb.get("placement", "mod") not in PLACEMENTS:
-    raise ValueError(f"config.embedding.placement must be one of {PLACEMENTS}, got {emb.placement!r}")
-  if emb.get("routing", "gather") not in ROUTINGS:
-    raise ValueError(f"config.embedding.routing must be one of {ROUTINGS}, got {emb.routing!r}")
-  factor = emb.get("capacity_factor", 0.0)
-  if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor < 0:
-    raise ValueError(f"config.embedding.capacity_factor must be a number >= 0, got {factor!r}")
-  below = emb.get("replicate_below", 0)
-  if not isinstance(below, int) or isinstance(below, bool) or below < 0:
-    raise ValueError(f"config.embedding.replicate_below must be an int >= 0, got {below!r}")
+  return Sections(seed=seed, data=data, cascade=cascade, embedding=embedding, method=method, optimizer=optimizer,
+                  train=train, mesh=mesh, rerank=rerank)
 
 
 def from_file(path: str) -> ConfigDict:
@@ -182,13 +154,10 @@ def load(workdir: str) -> ConfigDict:
 
 
 # Keys added after runs were already being saved, with the value that reproduces what a run saved
-# before them did: a saved config without such a key is read as holding this value, so adding an
-# option never makes an old workdir (or a comparison's finished runs) unresumable.
-ADDED_KEYS = {
-    "embedding.sharded": False, "embedding.shard_axes": ("model",), "embedding.placement": "mod",
-    "embedding.routing": "gather", "embedding.replicate_below": 100_000, "embedding.capacity_factor": 0.0,
-    "data.valid_fraction": 0.0, "train.eval_split": "test",
-}
+# before them did (each section's `ADDED` keys at their defaults): a saved config without such a key
+# is read as holding this value, so adding an option never makes an old workdir (or a comparison's
+# finished runs) unresumable.
+ADDED_KEYS = {k: v for section in SECTIONS for k, v in section.added_keys().items()}
 
 
 def differing_keys(saved: ConfigDict | dict, current: ConfigDict | dict) -> list[str]:

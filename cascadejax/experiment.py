@@ -22,7 +22,8 @@ from cascadejax.checkpoint import Checkpointer
 from cascadejax.data import pipeline
 from cascadejax.data.schema import CascadeBatch, CascadeData
 from cascadejax.embedding import update as update_lib
-from cascadejax.methods import CascadeMethod, get_method
+from cascadejax.embedding.collection import EmbeddingConfig
+from cascadejax.methods import CascadeMethod
 
 
 @flax.struct.dataclass
@@ -62,11 +63,13 @@ class Experiment:
   """A built run. Use `Experiment.build(config)`.
 
   Attributes:
+    sections: every config section, parsed and checked (`configuration.validate`).
     update: how the parameters are updated (`cascadejax.embedding.update`: dense optax, or the
       row-sparse path of row-sharded tables); the steps below call only its interface.
   """
 
   config: ConfigDict
+  sections: configuration.Sections
   mesh: Mesh
   data: CascadeData
   cascade: cascade_lib.Cascade
@@ -82,21 +85,24 @@ class Experiment:
       mesh: the device mesh to run on; default `config.mesh` over every device
         (`cascadejax.mesh.make_mesh`). Its axes must be `config.mesh.axes`.
     """
-    configuration.validate(config)
+    sections = configuration.validate(config)
     if mesh is None:
-      mesh = mesh_lib.make_mesh(config.mesh)
+      mesh = mesh_lib.make_mesh(sections.mesh)
     elif tuple(mesh.axis_names) != tuple(config.mesh.axes):
       raise ValueError(f"Experiment.build: the mesh's axes {tuple(mesh.axis_names)} are not config.mesh.axes "
                        f"{tuple(config.mesh.axes)}")
-    mesh_lib.check_batch_size(config.train.batch_size, mesh, "config.train.batch_size")
-    mesh_lib.check_batch_size(config.train.eval_batch_size, mesh, "config.train.eval_batch_size")
-    data = data_lib.load(config.data, num_stages=len(config.cascade.stages))
+    mesh_lib.check_batch_size(sections.train.batch_size, mesh, "config.train.batch_size")
+    mesh_lib.check_batch_size(sections.train.eval_batch_size, mesh, "config.train.eval_batch_size")
+    data = data_lib.load(config.data, num_stages=len(sections.cascade.stages))
     n = next(iter(data.splits.values())).list_size
-    if n != config.data.list_size:
-      raise ValueError(f"config.data.list_size={config.data.list_size} but the data has {n} candidate slots")
-    cascade = cascade_lib.from_config(config, data.features, mesh)
-    return cls(config=config, mesh=mesh, data=data, cascade=cascade, method=get_method(config),
-               update=update_lib.from_config(cascade, config.optimizer, config.train.steps))
+    if n != sections.data.list_size:
+      raise ValueError(f"config.data.list_size={sections.data.list_size} but the data has {n} candidate slots")
+    if sections.rerank.method != "none":  # the default section names features only the simulator has
+      sections.rerank.check_features(tuple(f.name for f in data.features if f.side == "items"))
+    cascade = cascade_lib.Cascade(stages=sections.cascade.stages, features=data.features,
+                                  embedding=EmbeddingConfig.from_config(sections.embedding, mesh))
+    return cls(config=config, sections=sections, mesh=mesh, data=data, cascade=cascade, method=sections.method,
+               update=update_lib.from_config(cascade, sections.optimizer, sections.train.steps))
 
   # ---- state ----
   @property
@@ -117,7 +123,7 @@ class Experiment:
                       nonfinite_step=jnp.int32(-1))
 
   def _keys(self) -> tuple[jax.Array, jax.Array]:
-    return tuple(jax.random.split(jax.random.key(self.config.seed)))
+    return tuple(jax.random.split(jax.random.key(self.sections.seed)))
 
   @functools.cached_property
   def state_sharding(self) -> Any:
@@ -188,7 +194,7 @@ class Experiment:
 
     def step(params, batch: CascadeBatch):
       scores = self.cascade.apply({"params": params}, batch.user, batch.items)
-      return metrics.evaluate(scores, batch, ks=self.cascade.ks, gt_num=self.config.cascade.gt_num,
+      return metrics.evaluate(scores, batch, ks=self.cascade.ks, gt_num=self.sections.cascade.gt_num,
                               stage_names=self.stage_names)
 
     return self._in_mesh(jax.jit(step, in_shardings=(self.state_sharding.params["cascade"], self._batch_sharding),
@@ -202,7 +208,7 @@ class Experiment:
     if split not in self.data.splits:
       raise ValueError(f"unknown split {split!r}; the data has {sorted(self.data.splits)}")
     sums = metrics.MetricSums()
-    size, procs, me = self.config.train.eval_batch_size, jax.process_count(), jax.process_index()
+    size, procs, me = self.sections.train.eval_batch_size, jax.process_count(), jax.process_index()
     for batch in pipeline.eval_batches(self.data.splits[split], size):
       local = batch.take(slice(me * size // procs, (me + 1) * size // procs))
       sums.add(self.eval_step(params, mesh_lib.put_batch(local, self.mesh)))

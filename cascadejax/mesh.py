@@ -6,6 +6,7 @@ tables (`config.embedding.sharded`), split over `config.embedding.shard_axes` (d
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, Callable
@@ -15,8 +16,30 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import ConfigDict
 
+from cascadejax.sections import Section
 
-def make_mesh(config: ConfigDict, devices: list | None = None) -> Mesh:
+
+@dataclasses.dataclass(frozen=True)
+class MeshSection(Section):
+  """`config.mesh`: the device mesh's axis names and sizes (one size may be -1: all remaining devices).
+
+  Attributes:
+    axes: axis names, including "data" (the axis batches are split over).
+    shape: one size per axis.
+  """
+
+  KEY = "mesh"
+  axes: tuple[str, ...]
+  shape: tuple[int, ...]
+
+  def check(self) -> None:
+    if len(self.axes) != len(self.shape):
+      raise ValueError(f"config.mesh.axes {self.axes} and config.mesh.shape {self.shape} must have the same length")
+    if "data" not in self.axes:
+      raise ValueError(f"config.mesh.axes must include a 'data' axis, got {self.axes}")
+
+
+def make_mesh(config: ConfigDict | MeshSection, devices: list | None = None) -> Mesh:
   """The mesh of `config.mesh` (axes and sizes; one size may be -1 = all remaining devices)."""
   devices = list(jax.devices() if devices is None else devices)
   shape = list(config.shape)

@@ -6,14 +6,50 @@ schedule, so sharded tables and every other parameter move on one learning rate.
 
 from __future__ import annotations
 
+import dataclasses
+
 import optax
-from ml_collections import ConfigDict
+
+from cascadejax.sections import Section
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "adagrad")
 SCHEDULES = ("constant", "cosine")
 
 
-def learning_rate(cfg: ConfigDict, total_steps: int) -> optax.Schedule:
+@dataclasses.dataclass(frozen=True)
+class OptimizerSection(Section):
+  """`config.optimizer`: the update rule, its learning-rate schedule, decay and clipping.
+
+  Attributes:
+    name: one of `OPTIMIZERS`.
+    learning_rate: the peak learning rate (> 0).
+    schedule: "constant" or "cosine" (decay to 0 over the run), after `warmup_steps` of linear warmup.
+    warmup_steps: >= 0.
+    weight_decay: >= 0; decoupled for adamw, added to the gradient otherwise.
+    grad_clip: global-norm clipping threshold, 0 = off.
+  """
+
+  KEY = "optimizer"
+  name: str
+  learning_rate: float
+  schedule: str
+  warmup_steps: int
+  weight_decay: float
+  grad_clip: float
+
+  def check(self) -> None:
+    if self.name not in OPTIMIZERS:
+      raise ValueError(f"config.optimizer.name: unknown optimizer {self.name!r}; available: {OPTIMIZERS}")
+    if self.schedule not in SCHEDULES:
+      raise ValueError(f"config.optimizer.schedule: unknown schedule {self.schedule!r}; available: {SCHEDULES}")
+    if self.learning_rate <= 0:
+      raise ValueError(f"config.optimizer.learning_rate must be > 0, got {self.learning_rate}")
+    for key in ("warmup_steps", "weight_decay", "grad_clip"):
+      if getattr(self, key) < 0:
+        raise ValueError(f"config.optimizer.{key} must be >= 0 (0 turns it off), got {getattr(self, key)}")
+
+
+def learning_rate(cfg: OptimizerSection, total_steps: int) -> optax.Schedule:
   """The learning-rate schedule of `config.optimizer` (warmup, then constant or cosine decay)."""
   peak, warmup = cfg.learning_rate, cfg.warmup_steps
   if cfg.schedule == "cosine":
@@ -22,11 +58,11 @@ def learning_rate(cfg: ConfigDict, total_steps: int) -> optax.Schedule:
                               [max(warmup, 1)]) if warmup else optax.constant_schedule(peak)
 
 
-def make_optimizer(cfg: ConfigDict, total_steps: int, *, clip: bool = True) -> optax.GradientTransformation:
+def make_optimizer(cfg: OptimizerSection, total_steps: int, *, clip: bool = True) -> optax.GradientTransformation:
   """The optimizer of `config.optimizer`: optional clipping, then the named rule on a schedule.
 
   Args:
-    cfg: the `config.optimizer` section.
+    cfg: the parsed `config.optimizer`.
     total_steps: the run's length (the cosine schedule's horizon).
     clip: apply `cfg.grad_clip` here; the row-sparse path passes False and clips both its parts
       together instead.

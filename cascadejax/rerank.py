@@ -29,10 +29,13 @@ Ties go to the lower slot index, as in `cascade.hard_topk`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
 import jax.numpy as jnp
+
+from cascadejax.sections import Section
 
 
 def _per_list(fn, *args):
@@ -198,55 +201,84 @@ def cosine_similarity(vectors: jax.Array) -> jax.Array:
 # ---- the re-ranking stage from a config section (`config.rerank`), applied in evaluation ----
 
 METHODS = ("none", "mmr", "dpp", "creator_cap")
-DEFAULTS = {
-    "method": "none",          # none | mmr | dpp | creator_cap
-    "k": 0,                    # shown list length; 0 = the last stage's k (re-order only)
-    "relevance": "sigmoid",    # MMR/DPP relevance: the ranker's logits as probabilities, or "logit"
-    "similarity": "category",  # "category": sim = 1 for equal `feature` ids; "embedding": cosine of
-                               # the last stage's item embeddings (all item features concatenated)
-    "feature": "category",     # the item feature of "category" similarity
-    "mmr_lambda": 0.7,
-    "dpp_theta": 0.7,
-    "dpp_jitter": 1e-3,
-    "max_per_creator": 2,
-    "creator_feature": "creator",
-    "fill": False,
-}
+
+
+@dataclasses.dataclass(frozen=True)
+class RerankSection(Section):
+  """`config.rerank`: the re-ranking stage evaluation applies to the last stage's survivors.
+
+  Attributes:
+    method: none | mmr | dpp | creator_cap.
+    k: shown list length; 0 = the last stage's k (re-order only).
+    relevance: MMR/DPP relevance: the ranker's logits as probabilities ("sigmoid"), or "logit".
+    similarity: "category": sim = 1 for equal `feature` ids; "embedding": cosine of the last
+      stage's item embeddings (all item features concatenated).
+    feature: the item feature of "category" similarity.
+    mmr_lambda, dpp_theta, dpp_jitter: MMR's relevance weight, DPP's quality exponent and jitter.
+    max_per_creator, creator_feature, fill: creator_cap's cap, the item feature naming the
+      creator, and whether to fill the list past the cap when too few items remain.
+  """
+
+  KEY = "rerank"
+  method: str = "none"
+  k: int = 0
+  relevance: str = "sigmoid"
+  similarity: str = "category"
+  feature: str = "category"
+  mmr_lambda: float = 0.7
+  dpp_theta: float = 0.7
+  dpp_jitter: float = 1e-3
+  max_per_creator: int = 2
+  creator_feature: str = "creator"
+  fill: bool = False
+
+  def check(self) -> None:
+    if self.method not in METHODS:
+      raise ValueError(f"config.rerank.method: unknown method {self.method!r}; available: {METHODS}")
+    if self.k < 0:
+      raise ValueError(f"config.rerank.k must be >= 0 (0 = the last stage's k), got {self.k}")
+    if self.relevance not in ("sigmoid", "logit"):
+      raise ValueError(f"config.rerank.relevance must be 'sigmoid' or 'logit', got {self.relevance!r}")
+    if self.similarity not in ("category", "embedding"):
+      raise ValueError(f"config.rerank.similarity must be 'category' or 'embedding', got {self.similarity!r}")
+    if not 0.0 <= self.mmr_lambda <= 1.0:
+      raise ValueError(f"config.rerank.mmr_lambda must be in [0, 1], got {self.mmr_lambda}")
+    if not 0.0 <= self.dpp_theta < 1.0:
+      raise ValueError(f"config.rerank.dpp_theta must be in [0, 1), got {self.dpp_theta}")
+    if self.max_per_creator < 1:
+      raise ValueError(f"config.rerank.max_per_creator must be >= 1, got {self.max_per_creator}")
+
+  def check_cascade(self, last_k: int) -> int:
+    """The shown list's length (`k`, or `last_k` for 0), checked against the last stage's k."""
+    k = self.k or last_k
+    if not 1 <= k <= last_k:
+      raise ValueError(f"config.rerank.k={k} must be in [1, {last_k}] (the last stage's k): the "
+                       "re-ranker shows a list chosen from the ranker's survivors")
+    return k
+
+  def check_features(self, item_features: tuple[str, ...]) -> None:
+    """Raises unless `feature` and `creator_feature` are item features of the data."""
+    for key in ("feature", "creator_feature"):
+      if getattr(self, key) not in item_features:
+        raise ValueError(f"config.rerank.{key}={getattr(self, key)!r} is not an item feature of the data: "
+                         f"{sorted(item_features)}")
+
+
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(RerankSection)}  # every option and its default
 
 
 def options(section, *, last_k: int, item_features: tuple[str, ...]) -> dict:
-  """`config.rerank` merged over `DEFAULTS` and checked; raises `ValueError` naming the key.
+  """`config.rerank` merged over `DEFAULTS` and checked (`RerankSection`), with `k` resolved;
+  raises `ValueError` naming the key.
 
   Args:
     section: the `config.rerank` ConfigDict or dict (None: re-ranking off).
     last_k: the last cascade stage's k (the re-ranker chooses among its survivors).
     item_features: the data's item feature names.
   """
-  given = dict(section or {})
-  unknown = sorted(set(given) - set(DEFAULTS))
-  if unknown:
-    raise ValueError(f"config.rerank: unknown option(s) {unknown}; it takes {sorted(DEFAULTS)}")
-  o = {**DEFAULTS, **given}
-  if o["method"] not in METHODS:
-    raise ValueError(f"config.rerank.method: unknown method {o['method']!r}; available: {METHODS}")
-  o["k"] = int(o["k"]) or last_k
-  if not 1 <= o["k"] <= last_k:
-    raise ValueError(f"config.rerank.k={o['k']} must be in [1, {last_k}] (the last stage's k): the "
-                     "re-ranker shows a list chosen from the ranker's survivors")
-  if o["relevance"] not in ("sigmoid", "logit"):
-    raise ValueError(f"config.rerank.relevance must be 'sigmoid' or 'logit', got {o['relevance']!r}")
-  if o["similarity"] not in ("category", "embedding"):
-    raise ValueError(f"config.rerank.similarity must be 'category' or 'embedding', got {o['similarity']!r}")
-  for key in ("feature", "creator_feature"):
-    if o[key] not in item_features:
-      raise ValueError(f"config.rerank.{key}={o[key]!r} is not an item feature of the data: {sorted(item_features)}")
-  if not 0.0 <= o["mmr_lambda"] <= 1.0:
-    raise ValueError(f"config.rerank.mmr_lambda must be in [0, 1], got {o['mmr_lambda']}")
-  if not 0.0 <= o["dpp_theta"] < 1.0:
-    raise ValueError(f"config.rerank.dpp_theta must be in [0, 1), got {o['dpp_theta']}")
-  if o["max_per_creator"] < 1:
-    raise ValueError(f"config.rerank.max_per_creator must be >= 1, got {o['max_per_creator']}")
-  return o
+  parsed = RerankSection.parse(section)
+  parsed.check_features(item_features)
+  return {**dataclasses.asdict(parsed), "k": parsed.check_cascade(last_k)}
 
 
 def apply(o: dict, scores: jax.Array, items: dict, where: jax.Array,

@@ -91,8 +91,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, mesh: Mesh | None = 
 
   # ---- experiment: mesh, data, model and optimizer, sharding, jitted steps ----
   exp = Experiment.build(config, mesh)
-  cfg = config.train
-  eval_split = cfg.get("eval_split", configuration.ADDED_KEYS["train.eval_split"])
+  cfg = exp.sections.train
+  eval_split = cfg.eval_split
   if eval_split not in exp.data.splits:  # before anything is compiled or trained
     raise ValueError(f"config.train.eval_split: unknown split {eval_split!r}; the data has "
                      f"{sorted(exp.data.splits)} ('valid' needs config.data.valid_fraction > 0)")
@@ -117,7 +117,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, mesh: Mesh | None = 
   writer = MetricWriter(workdir, resume_step=start if resumed else None, enabled=is_main)
 
   # ---- loop ----
-  bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=not (cfg.get("progress_bar", True) and is_main))
+  bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=not (cfg.progress_bar and is_main))
   sums, count = None, 0
   for step in range(start, cfg.steps):
     state, step_metrics = exp.train_step(state, mesh_lib.put_batch(next(batches), exp.mesh))
@@ -150,5 +150,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, mesh: Mesh | None = 
   checkpointer.wait()
   checkpointer.close()
   writer.close()
-  logging.info("final %s metrics: %s", eval_split, report)
+  # The numbers go to metrics.jsonl and, from train.py, to stdout as a table (`metric_writer.table`).
+  logging.info("final %s evaluation at step %d written to %s", eval_split, cfg.steps, writer.path)
   return report

@@ -5,7 +5,10 @@ import os
 
 import pytest
 
+from ml_collections import ConfigDict
+
 from cascadejax import configuration, trainer
+from cascadejax.embedding.collection import EmbeddingSection
 from tests.conftest import tiny_config
 
 
@@ -14,6 +17,8 @@ def _set(c, dotted, value):
   *path, last = dotted.split(".")
   node = c
   for p in path:
+    if p not in node:
+      node[p] = ConfigDict()
     node = node[p]
   if last in node:
     del node[last]
@@ -30,7 +35,12 @@ CASES = [
     ("method.independent.margin", 1.0, r"config.method.independent: unknown option\(s\) \['margin'\]"),
     ("optimizer.name", "lion", r"config.optimizer.name: unknown optimizer 'lion'"),
     ("train.steps", 0, r"config.train.steps must be >= 1"),
-    ("train.steps", 1e4, r"config.train.steps must be of type <class 'int'>, got 10000.0"),
+    ("train.steps", 1e4, r"config.train.steps must be of type int, got 10000.0"),
+    ("train.stpes", 10, r"config.train: unknown option\(s\) \['stpes'\]"),
+    ("train.eval_every", -1, r"config.train.eval_every must be >= 0"),
+    ("optimizer.grad_clip", -1.0, r"config.optimizer.grad_clip must be >= 0"),
+    ("embedding.replicate_below", 1.5, r"config.embedding.replicate_below must be of type int, got 1.5"),
+    ("rerank.k", 9, r"config.rerank.k=9 must be in \[1, 2\]"),
     ("mesh.shape", (2, 2), r"config.mesh.axes .* and config.mesh.shape .* must have the same length"),
 ]
 
@@ -43,6 +53,26 @@ def test_bad_value_names_the_key_before_anything_runs(tmp_path, key, value, mess
   with pytest.raises(ValueError, match=message):
     trainer.train_and_evaluate(c, str(workdir))
   assert not workdir.exists()  # failed before touching the workdir, data, or the compiler
+
+
+def test_a_bad_rerank_section_fails_training_before_any_step(tmp_path):
+  """`config.rerank` is used only by evaluation, but it is checked when the run is built: the item
+  feature it names must be one of the data's."""
+  c = tiny_config()
+  c.rerank = ConfigDict(dict(method="mmr", feature="color"))
+  with pytest.raises(ValueError, match=r"config.rerank.feature='color' is not an item feature of the data"):
+    trainer.train_and_evaluate(c, str(tmp_path / "run"))
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_added_keys_are_the_sections_defaults():
+  """`ADDED_KEYS` is derived from the sections' defaults (one place), e.g. `replicate_below`."""
+  assert configuration.ADDED_KEYS["embedding.replicate_below"] == EmbeddingSection.parse(
+      dict(dim=4, shared=False)).replicate_below == 100_000
+  assert configuration.ADDED_KEYS["train.eval_split"] == "test"
+  c = tiny_config()
+  del c.embedding["replicate_below"]
+  assert configuration.validate(c).embedding.replicate_below == 100_000
 
 
 @pytest.mark.parametrize("missing", ["train.steps", "cascade.gt_num", "optimizer", "cascade.prerank"])

@@ -10,8 +10,59 @@ from ml_collections import ConfigDict
 
 from cascadejax.data import movielens_cascade, recflow, synthetic
 from cascadejax.data.schema import CascadeBatch, CascadeData, FeatureSpec, validate
+from cascadejax.sections import Section
 
 READERS = {"synthetic": synthetic.load, "movielens": movielens_cascade.load, "recflow": recflow.load}
+CHECKS = {"synthetic": synthetic.check_config, "movielens": movielens_cascade.check_config,
+          "recflow": recflow.check_config}  # each reader's own checks of its keys, before any file is read
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection(Section):
+  """The keys of `config.data` every reader shares; the rest belong to the reader `name` names,
+  which checks them itself (`CHECKS`).
+
+  Attributes:
+    name: the reader, one of `READERS`.
+    seed: the data's seed (simulators and samplers).
+    list_size: N, the candidate slots per request.
+    valid_fraction: the share of the training requests moved into a "valid" split (`split_valid`).
+  """
+
+  KEY = "data"
+  ADDED = ("valid_fraction",)
+  OPEN = True
+  name: str
+  seed: int
+  list_size: int
+  valid_fraction: float = 0.0
+
+  def check(self) -> None:
+    if self.name not in READERS:
+      raise ValueError(f"config.data.name: unknown dataset {self.name!r}; available: {sorted(READERS)}")
+    if self.list_size < 1:
+      raise ValueError(f"config.data.list_size must be >= 1, got {self.list_size}")
+    check_valid_fraction(self.valid_fraction)
+
+
+def check_config(config: ConfigDict, num_stages: int) -> DataSection:
+  """Parses the shared keys of `config.data` and runs its reader's checks (no file is read).
+
+  Raises:
+    ValueError: naming the `config.data` key that cannot work.
+  """
+  section = DataSection.parse(config)
+  CHECKS[section.name](_reader_config(config), num_stages)
+  return section
+
+
+def _reader_config(config: ConfigDict) -> ConfigDict:
+  """`config` without the keys the reader never sees (so its cache entry ignores them)."""
+  if "valid_fraction" not in config:
+    return config
+  reader_config = ConfigDict(config.to_dict())
+  del reader_config["valid_fraction"]
+  return reader_config
 
 
 def num_valid(fraction: float, num_train: int) -> int:
@@ -76,19 +127,12 @@ def load(config: ConfigDict, num_stages: int) -> CascadeData:
     ValueError: naming `config.data.name` for an unknown dataset, `config.data.valid_fraction` for
       a bad fraction, or the split, field and row of bad data.
   """
-  if config.name not in READERS:
-    raise ValueError(f"config.data.name: unknown dataset {config.name!r}; available: {sorted(READERS)}")
-  fraction = config.get("valid_fraction", 0.0)
-  check_valid_fraction(fraction)  # before the reader, which may take minutes
-  reader_config = config
-  if "valid_fraction" in config:
-    reader_config = ConfigDict(config.to_dict())
-    del reader_config["valid_fraction"]
-  data = split_valid(READERS[config.name](reader_config, num_stages), fraction)
+  section = DataSection.parse(config)  # before the reader, which may take minutes
+  data = split_valid(READERS[section.name](_reader_config(config), num_stages), section.valid_fraction)
   for split, batch in data.splits.items():
     validate(batch, data.features, num_stages, source=f"{config.name}/{split}")
   return data
 
 
-__all__ = ["CascadeBatch", "CascadeData", "FeatureSpec", "READERS", "check_valid_fraction", "load", "num_valid",
-           "split_valid", "validate"]
+__all__ = ["CHECKS", "CascadeBatch", "CascadeData", "DataSection", "FeatureSpec", "READERS", "check_config",
+           "check_valid_fraction", "load", "num_valid", "split_valid", "validate"]

@@ -20,7 +20,8 @@ import jax.numpy as jnp
 
 from cascadejax.embedding import sharded
 from cascadejax.data.schema import FeatureSpec, table_sizes
-from cascadejax.embedding.layout import TableSharding
+from cascadejax.embedding.layout import PLACEMENTS, ROUTINGS, TableSharding
+from cascadejax.sections import Section
 
 # Variable collection through which `cascadejax.embedding.update` reads sharded tables' row gradients.
 GRADS_COLLECTION = "embedding_grads"
@@ -113,8 +114,53 @@ class EmbeddingCollection(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
+class EmbeddingSection(Section):
+  """`config.embedding`: table width, sharing between stages, and row-sharding over the mesh.
+
+  Attributes:
+    dim: embedding width (>= 1).
+    shared: one collection for every stage (True) or one per stage (False).
+    sharded: row-shard the tables of at least `replicate_below` rows over `shard_axes`
+      (docs/sharding.md); the other keys matter only then.
+    shard_axes: distinct mesh axes the rows are split over.
+    placement: "mod" or "range" (`cascadejax.embedding.layout`).
+    routing: "gather" or "all_to_all" (`cascadejax.embedding.routing`).
+    replicate_below: tables with fewer rows stay whole on every device.
+    capacity_factor: all_to_all bucket bound, 0 = exact (nothing dropped).
+  """
+
+  KEY = "embedding"
+  ADDED = ("sharded", "shard_axes", "placement", "routing", "replicate_below", "capacity_factor")
+  dim: int
+  shared: bool
+  sharded: bool = False
+  shard_axes: tuple[str, ...] = ("model",)
+  placement: str = "mod"
+  routing: str = "gather"
+  replicate_below: int = 100_000
+  capacity_factor: float = 0.0
+
+  def check(self) -> None:
+    if self.dim < 1:
+      raise ValueError(f"config.embedding.dim must be >= 1, got {self.dim}")
+    if not self.sharded:
+      return
+    if not self.shard_axes or len(set(self.shard_axes)) != len(self.shard_axes):
+      raise ValueError(f"config.embedding.shard_axes must be a non-empty tuple of distinct mesh axes, "
+                       f"got {self.shard_axes!r}")
+    if self.placement not in PLACEMENTS:
+      raise ValueError(f"config.embedding.placement must be one of {PLACEMENTS}, got {self.placement!r}")
+    if self.routing not in ROUTINGS:
+      raise ValueError(f"config.embedding.routing must be one of {ROUTINGS}, got {self.routing!r}")
+    if self.capacity_factor < 0:
+      raise ValueError(f"config.embedding.capacity_factor must be a number >= 0, got {self.capacity_factor!r}")
+    if self.replicate_below < 0:
+      raise ValueError(f"config.embedding.replicate_below must be an int >= 0, got {self.replicate_below!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class EmbeddingConfig:
-  """How the cascade's stages get their tables.
+  """How the cascade's stages get their tables (what `Cascade` holds: the section laid out on a mesh).
 
   Attributes:
     dim: embedding width.
@@ -129,14 +175,19 @@ class EmbeddingConfig:
 
   @classmethod
   def from_config(cls, cfg, mesh=None) -> "EmbeddingConfig":
-    """From `config.embedding`; `mesh` (a `jax.sharding.Mesh`) sizes the shards when `cfg.sharded`."""
+    """From `config.embedding` (a ConfigDict or an `EmbeddingSection`); `mesh` (a
+    `jax.sharding.Mesh`) sizes the shards when the section is `sharded`."""
+    section = cfg if isinstance(cfg, EmbeddingSection) else EmbeddingSection.parse(cfg)
     sharding = None
-    if cfg.get("sharded", False):
+    if section.sharded:
       if mesh is None:
         raise ValueError("config.embedding.sharded=True needs the device mesh to lay tables out")
-      axes = tuple(cfg.get("shard_axes", ("model",)))
+      axes = section.shard_axes
+      missing = [a for a in axes if a not in mesh.shape]
+      if missing:
+        raise ValueError(f"config.embedding.shard_axes {axes} must be axes of the mesh {tuple(mesh.shape)} "
+                         "(config.mesh.axes)")
       sharding = TableSharding(axes=axes, num_shards=math.prod(mesh.shape[a] for a in axes),
-                               placement=cfg.get("placement", "mod"), routing=cfg.get("routing", "gather"),
-                               replicate_below=int(cfg.get("replicate_below", 0)),
-                               capacity_factor=float(cfg.get("capacity_factor", 0.0)))
-    return cls(dim=cfg.dim, shared=cfg.shared, sharding=sharding)
+                               placement=section.placement, routing=section.routing,
+                               replicate_below=section.replicate_below, capacity_factor=section.capacity_factor)
+    return cls(dim=section.dim, shared=section.shared, sharding=sharding)
