@@ -146,7 +146,7 @@ def breakdown(exp, state, batch, calls: int) -> dict[str, float]:
     def stage_sum(p, b, s=s):
       return cascade.apply({"params": p}, b.user, b.items, s, train=True, method=cascade.score_stage).sum()
     out[f"{stage.name} ({stage.model}) fwd+bwd"] = _timed(jax.grad(stage_sum), params["cascade"], batch, calls=calls)
-  scores = jax.jit(cascade.apply)({"params": params["cascade"]}, batch.user, batch.items)
+  scores = jax.jit(cascade.apply)({"params": params["cascade"]}, batch.user, batch.items).scores
   loss = lambda p, sc, b: exp.method.loss(p, sc, b, rng=rng)[0]
   out[f"method loss ({exp.method.name}) fwd+bwd"] = _timed(jax.grad(loss, argnums=(0, 1)), params["method"],
                                                           scores, batch, calls=calls)

@@ -1,8 +1,11 @@
 """`Cascade`: ordered stages, each a stage model and the number of candidates it keeps.
 
-Training scores every candidate with every stage in one call (`[S, B, N]`), so a training method
-sees all stages at once and the whole cascade compiles into one program. Serving and evaluation use
-`select`: stage 1 keeps its top k_1 of the valid candidates, stage 2 its top k_2 of those, and so on.
+Training scores every candidate with every stage in one call (`CascadeOutput.scores`, `[S, B, N]`),
+so a training method sees all stages at once and the whole cascade compiles into one program; the
+same call returns the stages' auxiliary outputs (`CascadeOutput.aux`, e.g. a multi-task ranker's
+task logits, trained through `config.multitask`). Serving and evaluation use
+`cascadejax.ops.selection.select`: stage 1 keeps its top k_1 of the valid candidates, stage 2 its
+top k_2 of those, and so on.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import dataclasses
 from typing import Mapping
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
@@ -29,6 +33,28 @@ class StageSpec:
   model: str
   k: int
   model_kwargs: tuple[tuple[str, object], ...] = ()  # a hashable dict, as module fields must be
+
+
+@flax.struct.dataclass
+class CascadeOutput:
+  """What one call of a `Cascade` returns.
+
+  Attributes:
+    scores: `[S, B, N]` scores of every stage for every candidate slot (padding slots included).
+    aux: stage name -> output name -> `[B, N]`, for the stages whose model has auxiliary outputs
+      (a model defining `outputs(emb, train=...) -> (scores, {name: [B, N]})`, e.g. `mmoe`'s task
+      logits); empty for the others.
+  """
+
+  scores: jax.Array
+  aux: dict[str, dict[str, jax.Array]]
+
+
+def _scored(scorer: nn.Module, embedded, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """A stage model's `[B, N]` scores and auxiliary outputs (none unless it defines `outputs`)."""
+  if hasattr(type(scorer), "outputs"):
+    return scorer.outputs(embedded, train=train)
+  return scorer(embedded, train=train), {}
 
 
 class Cascade(nn.Module):
@@ -70,16 +96,19 @@ class Cascade(nn.Module):
     return self.scorers[name](self.embedders[name](user, items), train=train)
 
   def __call__(self, user: Mapping[str, jax.Array], items: Mapping[str, jax.Array],
-               *, train: bool = False) -> jax.Array:
-    """`[S, B, N]` scores of every stage for every candidate slot (padding slots included)."""
+               *, train: bool = False) -> CascadeOutput:
+    """Every stage's scores for every candidate slot, and the stages' auxiliary outputs."""
     embedded = {}  # one lookup per embedding collection, however many stages share it
-    scores = []
+    scores, aux = [], {}
     for stage in self.stages:
       collection = self.embedders[stage.name]
       if collection.name not in embedded:
         embedded[collection.name] = collection(user, items)
-      scores.append(self.scorers[stage.name](embedded[collection.name], train=train))
-    return jnp.stack(scores)
+      stage_scores, stage_aux = _scored(self.scorers[stage.name], embedded[collection.name], train)
+      scores.append(stage_scores)
+      if stage_aux:
+        aux[stage.name] = stage_aux
+    return CascadeOutput(scores=jnp.stack(scores), aux=aux)
 
 
 def stage_param_names(cascade: Cascade, stage: int) -> tuple[str, ...]:

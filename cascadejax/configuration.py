@@ -2,7 +2,7 @@
 
 `validate(config)` parses each section into the frozen dataclass of the layer that owns it
 (`DataSection`, `CascadeSection`, `EmbeddingSection`, the method, `OptimizerSection`, `TrainSection`,
-`MeshSection`, `RerankSection`), runs the checks that span sections, and returns them all as
+`MeshSection`, `RerankSection`, `MultitaskSection`), runs the checks that span sections, and returns them all as
 `Sections`. Defaults live in those dataclasses only; `ADDED_KEYS` is derived from them. Every error
 names the offending key as it is written on the command line (`config.cascade.prerank.k`).
 """
@@ -19,7 +19,9 @@ from ml_collections import ConfigDict
 from cascadejax import data as data_lib
 from cascadejax.cascade import CascadeSection
 from cascadejax.embedding.collection import EmbeddingSection
+from cascadejax import models
 from cascadejax.mesh import MeshSection
+from cascadejax.multitask import MultitaskSection
 from cascadejax.methods import CascadeMethod, get_method
 from cascadejax.optimizer import OptimizerSection
 from cascadejax.rerank import RerankSection
@@ -69,7 +71,7 @@ class TrainSection(Section):
 
 
 SECTIONS: tuple[type[Section], ...] = (data_lib.DataSection, EmbeddingSection, OptimizerSection, TrainSection,
-                                       MeshSection, RerankSection)
+                                       MeshSection, RerankSection, MultitaskSection)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +87,7 @@ class Sections:
   train: TrainSection
   mesh: MeshSection
   rerank: RerankSection
+  multitask: MultitaskSection
 
 
 def _section(config: ConfigDict, key: str) -> ConfigDict:
@@ -118,6 +121,11 @@ def validate(config: ConfigDict) -> Sections:
   mesh = MeshSection.parse(_section(config, "mesh"))
   rerank = RerankSection.parse(config.get("rerank", None))
   rerank.check_cascade(cascade.stages[-1].k)
+  multitask = MultitaskSection.parse(config.get("multitask", None))
+  with_tasks = [s.name for s in cascade.stages if hasattr(type(models.get_model(s.model, dict(s.model_kwargs))), "outputs")]
+  if multitask.weight and not with_tasks:
+    raise ValueError(f"config.multitask.weight={multitask.weight} trains the task heads of multi-task stages, but "
+                     f"no stage model has any (config.cascade.<stage>.model, e.g. 'mmoe')")
   if embedding.sharded and any(a not in mesh.axes for a in embedding.shard_axes):
     raise ValueError(f"config.embedding.shard_axes {embedding.shard_axes} must be axes of config.mesh.axes "
                      f"{mesh.axes}")
@@ -125,7 +133,7 @@ def validate(config: ConfigDict) -> Sections:
     raise ValueError("config.train.eval_split='valid' needs a validation split: set config.data.valid_fraction "
                      "> 0 (the share of the training requests moved into it)")
   return Sections(seed=seed, data=data, cascade=cascade, embedding=embedding, method=method, optimizer=optimizer,
-                  train=train, mesh=mesh, rerank=rerank)
+                  train=train, mesh=mesh, rerank=rerank, multitask=multitask)
 
 
 def from_file(path: str) -> ConfigDict:

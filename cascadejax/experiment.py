@@ -17,7 +17,7 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
 from cascadejax import cascade as cascade_lib
-from cascadejax import configuration, data as data_lib, metrics, mesh as mesh_lib
+from cascadejax import configuration, data as data_lib, metrics, mesh as mesh_lib, multitask
 from cascadejax.checkpoint import Checkpointer
 from cascadejax.data import pipeline
 from cascadejax.data.schema import CascadeBatch, CascadeData
@@ -171,9 +171,15 @@ class Experiment:
       dropout_rng, method_rng = jax.random.split(jax.random.fold_in(train_key, state.step))
 
       def loss_fn(params, variables):  # variables: extra collections of the update path (or None)
-        scores = self.cascade.apply({"params": params["cascade"], **(variables or {})}, batch.user, batch.items,
-                                    train=True, rngs={"dropout": dropout_rng})
-        return self.method.loss(params["method"], scores, batch, rng=method_rng)
+        out = self.cascade.apply({"params": params["cascade"], **(variables or {})}, batch.user, batch.items,
+                                 train=True, rngs={"dropout": dropout_rng})
+        loss, aux = self.method.loss(params["method"], out.scores, batch, rng=method_rng)
+        tasks = self.sections.multitask
+        if tasks.weight:  # the task heads of multi-task stages (`cascadejax.multitask`)
+          task_loss, terms = multitask.loss(out.aux, batch, num_stages=len(self.cascade.stages),
+                                            weights=tasks.task_weights)
+          loss, aux = loss + tasks.weight * task_loss, {**aux, **terms, "loss/tasks": task_loss}
+        return loss, aux
 
       (loss, aux), grads = self.update.value_and_grad(loss_fn, state.params, batch)
       grad_norm = self.update.global_norm(grads)
@@ -193,7 +199,7 @@ class Experiment:
     """Jitted `(cascade params, batch) -> {metric: (sum, count)}`."""
 
     def step(params, batch: CascadeBatch):
-      scores = self.cascade.apply({"params": params}, batch.user, batch.items)
+      scores = self.cascade.apply({"params": params}, batch.user, batch.items).scores
       return metrics.evaluate(scores, batch, ks=self.cascade.ks, gt_num=self.sections.cascade.gt_num,
                               stage_names=self.stage_names)
 

@@ -1,59 +1,54 @@
-"""Per-task losses for multi-task stage models (e.g. `mmoe`), beside a cascade training method.
+"""Per-task losses of multi-task stage models (e.g. `mmoe`), trained beside the cascade method.
 
-A training method sees only `[S, B, N]` stage scores. A multi-task stage model also predicts each of
-its tasks (click, like, long view, ...: the keys of `CascadeBatch.feedback`); its task logits are
-sown during the forward pass, so one `cascade.apply` gives both:
+A training method ranks the `[S, B, N]` stage scores. A multi-task stage model also predicts each
+of its tasks (click, like, long view, ...: the keys of `CascadeBatch.feedback`) as auxiliary outputs
+of the same forward pass (`CascadeOutput.aux`). With `config.multitask.weight` w > 0 the train step
+adds their losses to the method's:
 
-    scores, tasks = multitask.cascade_outputs(cascade, params, batch.user, batch.items, train=True,
-                                              rngs={"dropout": rng})
-    loss, aux = method.loss(method_params, scores, batch, rng=method_rng)
-    task_loss, task_aux = multitask.loss(tasks, batch, num_stages=len(cascade.stages))
-    total = loss + task_weight * task_loss
+    total = L_method + w * sum_{stage, t} c_t L_task(stage, t)       (c_t = config.multitask.task_weights[t], default 1)
 
 Feedback exists only for exposed candidates (those that survived every logged stage), so each
 task's BCE is averaged over the valid candidates with `stage >= S`:
 
     L_task(stage, t) = mean_{i exposed} BCE(sigmoid(l_t(i)), feedback_t(i))
+
+Each term is logged as `task/<stage>/<task>` (and the weighted sum as `loss/tasks`) in metrics.jsonl.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 
-from cascadejax import models
 from cascadejax.data.schema import CascadeBatch
 from cascadejax.losses.ranking import sigmoid_bce_loss
+from cascadejax.sections import Section
 
 
-def cascade_outputs(cascade, params: Any, user: Mapping[str, jax.Array], items: Mapping[str, jax.Array], *,
-                    train: bool = False, rngs: Mapping[str, jax.Array] | None = None
-                    ) -> tuple[jax.Array, dict[str, dict[str, jax.Array]]]:
-  """One forward pass of a `Cascade`: its stage scores and every multi-task stage's task logits.
+@dataclasses.dataclass(frozen=True)
+class MultitaskSection(Section):
+  """`config.multitask`: whether and how much the task heads of multi-task stages are trained.
 
-  Args:
-    cascade: a `cascadejax.cascade.Cascade`.
-    params: its parameters (the `params` collection's contents).
-    user, items: the batch's id features.
-    train: training mode (dropout).
-    rngs: PRNG keys for `apply` (e.g. `{"dropout": key}`).
-
-  Returns:
-    `(scores [S, B, N], {stage name: {task: logits [B, N]}})` for the stages whose model sows
-    `task_logits` (the values the stage score was combined from) and names its `tasks`.
+  Attributes:
+    weight: w, the task losses' weight beside the method's loss; 0 = off (the task heads then learn
+      only through the stage score they combine into).
+    task_weights: task name -> c_t (tasks not listed weigh 1).
   """
-  scores, state = cascade.apply({"params": params}, user, items, train=train, rngs=rngs or {},
-                                mutable=["intermediates"])
-  sown = state.get("intermediates", {})
-  out = {}
-  for s in cascade.stages:
-    if "task_logits" in sown.get(f"stage_{s.name}", {}):
-      names = models.get_model(s.model, dict(s.model_kwargs)).tasks
-      logits = sown[f"stage_{s.name}"]["task_logits"][-1]
-      out[s.name] = {t: logits[i] for i, t in enumerate(names)}
-  return scores, out
+
+  KEY = "multitask"
+  ADDED = ("weight",)  # an empty task_weights flattens to no key at all
+  weight: float = 0.0
+  task_weights: Any = dataclasses.field(default_factory=dict)
+
+  def check(self) -> None:
+    if self.weight < 0:
+      raise ValueError(f"config.multitask.weight must be >= 0 (0 = off), got {self.weight}")
+    if not isinstance(self.task_weights, dict) or any(
+        isinstance(v, bool) or not isinstance(v, (int, float)) for v in self.task_weights.values()):
+      raise ValueError(f"config.multitask.task_weights must map task names to numbers, got {self.task_weights!r}")
 
 
 def task_losses(task_logits: Mapping[str, jax.Array], batch: CascadeBatch, *,
@@ -85,7 +80,7 @@ def loss(stage_task_logits: Mapping[str, Mapping[str, jax.Array]], batch: Cascad
   """Weighted sum of every multi-task stage's per-task losses.
 
   Args:
-    stage_task_logits: stage name -> task name -> `[B, N]` logits (from `cascade_outputs`).
+    stage_task_logits: stage name -> task name -> `[B, N]` logits (`CascadeOutput.aux`).
     batch: the batch.
     num_stages: S.
     weights: optional task name -> weight (default 1 for every task).

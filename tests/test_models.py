@@ -230,8 +230,9 @@ def make_cascade(shared):
 def test_cascade_call_stacks_stage_scores(shared):
   cascade, params = make_cascade(shared)
   user, items = batch()
-  out = cascade.apply(params, user, items)
-  assert out.shape == (3, 2, 5)
+  output = cascade.apply(params, user, items)
+  out = output.scores
+  assert out.shape == (3, 2, 5) and output.aux == {}  # no stage here has auxiliary outputs
   per_stage = [cascade.apply(params, user, items, s, method=Cascade.score_stage) for s in range(3)]
   np.testing.assert_allclose(out, jnp.stack(per_stage), rtol=1e-6, atol=1e-7)
   assert cascade.ks == (4, 3, 2)
@@ -268,9 +269,9 @@ def test_shared_embedding_serves_every_stage():
   # With shared tables, changing the one 'embedding' collection moves every stage's scores.
   cascade, params = make_cascade(True)
   user, items = batch()
-  base = cascade.apply(params, user, items)
+  base = cascade.apply(params, user, items).scores
   p2 = jax.tree.map(lambda x: x, params)
   p2["params"]["embedding"] = jax.tree.map(lambda t: t * 2.0, params["params"]["embedding"])
-  moved = cascade.apply(p2, user, items)
+  moved = cascade.apply(p2, user, items).scores
   for s in range(3):
     assert not np.allclose(moved[s], base[s])

@@ -81,8 +81,9 @@ def cascade():
 def test_cascade_outputs_and_task_losses_on_exposed_candidates():
   c, b = cascade(), tiny_batch()
   params = c.init(jax.random.key(0), b.user, b.items)["params"]
-  scores, tasks = multitask.cascade_outputs(c, params, b.user, b.items)
-  np.testing.assert_array_equal(scores, c.apply({"params": params}, b.user, b.items))
+  out = c.apply({"params": params}, b.user, b.items)
+  scores, tasks = out.scores, out.aux
+  np.testing.assert_array_equal(scores[1], c.apply({"params": params}, b.user, b.items, 1, method=Cascade.score_stage))
   assert set(tasks) == {"rank"} and set(tasks["rank"]) == {"click", "like"}
   np.testing.assert_allclose(scores[1], 0.5 * (tasks["rank"]["click"] + tasks["rank"]["like"]), rtol=1e-5, atol=1e-6)
   total, terms = multitask.loss(tasks, b, num_stages=2, weights={"like": 2.0})
@@ -104,7 +105,8 @@ def test_training_with_task_losses_fits_the_feedback():
   opt = tx.init(params)
 
   def loss_fn(p):
-    scores, tasks = multitask.cascade_outputs(c, p, b.user, b.items, train=True)
+    out = c.apply({"params": p}, b.user, b.items, train=True)
+    scores, tasks = out.scores, out.aux
     stage_loss = sum(sigmoid_bce_loss(scores[s], b.stage > s, where=b.mask) for s in range(2))
     task_loss, terms = multitask.loss(tasks, b, num_stages=2)
     return stage_loss + task_loss, terms

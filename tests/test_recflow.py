@@ -133,7 +133,7 @@ def test_three_stage_config_builds_its_cascade_on_the_data(tmp_path):
   exp = Experiment.build(c)
   params = exp.init_state().params["cascade"]
   sample = exp.data.splits["train"].take(slice(0, 3))
-  scores = exp.cascade.apply({"params": params}, sample.user, sample.items)
+  scores = exp.cascade.apply({"params": params}, sample.user, sample.items).scores
   assert scores.shape == (3, 3, 10) and np.isfinite(np.asarray(scores)).all()
 
 

@@ -11,8 +11,9 @@ From the joint features x = [user features; mean-pooled history; item features] 
 
 `tasks` names the tasks (by convention the `CascadeBatch.feedback` keys they predict, e.g.
 click, like, long_view) and `weights` the c_t (default: all 1 / T). The stage score is what the
-cascade's training method ranks; `task_logits` exposes the per-task logits, which
-`cascadejax.multitask` turns into per-task BCE losses on exposed candidates.
+cascade's training method ranks; `outputs` also returns the per-task logits (the cascade's auxiliary
+outputs, `CascadeOutput.aux`), which `cascadejax.multitask` turns into per-task BCE losses on
+exposed candidates (`config.multitask`).
 
 Parameters (joint width d, E experts of widths `expert` = (h1, ..., h), T tasks, towers `tower`):
     E dense(d, h1, ..., h) + T (d E + E) + T dense(h, *tower, 1)
@@ -129,11 +130,14 @@ class MMoE(nn.Module):
     return (jax.nn.logsumexp(log_c + jax.nn.log_sigmoid(logits), axis=0)
             - jax.nn.logsumexp(log_c + jax.nn.log_sigmoid(-logits), axis=0))
 
-  def __call__(self, emb: Embedded, *, train: bool = False) -> jax.Array:
-    """`[B, N]` stage scores. Also sows the task logits (`intermediates/task_logits`, `[T, B, N]`)."""
+  def outputs(self, emb: Embedded, *, train: bool = False) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """`([B, N] stage scores, {task: [B, N] logits})`: the scores and the auxiliary outputs."""
     logits = self.task_logits(emb, train=train)
-    self.sow("intermediates", "task_logits", logits)
-    return self.combine_logits(logits)
+    return self.combine_logits(logits), {t: logits[i] for i, t in enumerate(self.tasks)}
+
+  def __call__(self, emb: Embedded, *, train: bool = False) -> jax.Array:
+    """`[B, N]` stage scores."""
+    return self.outputs(emb, train=train)[0]
 
 
 Model = MMoE
