@@ -1,0 +1,39 @@
+"""Checkpoints written by older code restore with the current one (tests/fixtures/pre_issue19)."""
+
+import json
+import pathlib
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from cascadejax import configuration, trainer
+from cascadejax.checkpoint import Checkpointer
+from cascadejax.experiment import Experiment
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "pre_issue19"
+
+
+@pytest.mark.parametrize("name", ["dense", "sharded"])
+def test_a_pre_issue19_checkpoint_restores_evaluates_and_resumes(tmp_path, name):
+  workdir = tmp_path / name
+  shutil.copytree(FIXTURES / name, workdir)
+  config = configuration.load(str(workdir))
+  exp = Experiment.build(config)
+  checkpointer = Checkpointer(str(workdir / "checkpoints"))
+  state = exp.restore(checkpointer)
+  checkpointer.close()
+  expected = np.load(workdir / "expected_state.npz")
+  got = {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(
+      {"params": state.params, "opt_state": state.opt_state})}
+  assert set(got) == set(expected.files)
+  for key in expected.files:
+    np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+  final = [json.loads(line) for line in open(workdir / "metrics.jsonl") if '"final": true' in line][-1]
+  metrics = exp.evaluate(state.params["cascade"], "test")
+  for key, value in metrics.items():
+    np.testing.assert_allclose(value, final[key], rtol=1e-6, atol=1e-7, err_msg=key)
+  config.train.steps = 6  # resume past the old checkpoint
+  report = trainer.train_and_evaluate(config, str(workdir))
+  assert report["step"] == 6 and np.isfinite(report["recall_e2e"])
