@@ -2,7 +2,8 @@
 
   python train.py --config configs/default.py --workdir DIR [--config.train.steps=500 ...]
 
-Running the same command on a workdir that holds a checkpoint resumes the run.
+Running the same command on a workdir that holds a checkpoint resumes the run. It ends by printing
+the final metrics as a table (`metric_writer.table`; every digit is in `DIR/metrics.jsonl`).
 
 On multi-host pods and clusters (tpu_scripts/, gpu_scripts/, docs/launch.md) every host runs this same
 command with `CASCADEJAX_DISTRIBUTED=1`: `jax.distributed.initialize()` then finds the other processes
@@ -21,7 +22,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from cascadejax import trainer
+from cascadejax import metric_writer, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (a Python file with get_config()).",
                                           lock_config=True)
@@ -46,7 +47,7 @@ def initialize_distributed() -> None:
 
 
 def main(argv):
-  """Parses flags and the config file, then trains and evaluates."""
+  """Parses flags and the config file, trains and evaluates, and prints the final metrics' table."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if os.environ.get("CASCADEJAX_DISTRIBUTED", "0") not in ("0", "1"):
@@ -54,7 +55,9 @@ def main(argv):
   if os.environ.get("CASCADEJAX_DISTRIBUTED") == "1":
     initialize_distributed()
   trainer.quiet_library_logs()
-  trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  report = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if jax.process_index() == 0:  # every process holds the same report: one table is enough
+    print(metric_writer.table(report))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cascadejax.evaluate import restore  # noqa: E402
+from cascadejax.workdir import restore  # noqa: E402
 from cascadejax.ops.selection import ground_truth  # noqa: E402
 from cascadejax.ops import soft_topk  # noqa: E402
 
@@ -35,7 +35,7 @@ def main() -> None:
   for workdir in args.workdirs:
     exp, state = restore(workdir)
     batch = exp.data.splits["test"].take(slice(0, args.requests))
-    scores = exp.cascade.apply({"params": state.params["cascade"]}, batch.user, batch.items)
+    scores = exp.cascade.apply({"params": state.params["cascade"]}, batch.user, batch.items).scores
     gt_num = int(exp.config.cascade.gt_num)
     truth = ground_truth(batch.label, gt_num, where=batch.mask)
     mask = np.asarray(batch.mask)

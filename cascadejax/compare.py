@@ -46,18 +46,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 
-from cascadejax import configuration, metric_writer, trainer, tuning
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file of the comparison.")
-_METHODS = flags.DEFINE_list("methods", None, "Comma-separated method names, the first is the reference.")
-_SEEDS = flags.DEFINE_integer("seeds", 5, "Number of seeds.")
-_PAIRED = flags.DEFINE_list("paired", [], "Method entries to show paired differences to (default: the first).")
-_OUT = flags.DEFINE_string("out", None, "Output directory.")
-_TUNE = flags.DEFINE_multi_string("tune", [], "METHOD:OPTION=v1,v2,...: choose OPTION of that --methods entry "
-                                  "on validation runs before the test runs (repeatable, one per entry).")
-_TUNE_SEEDS = flags.DEFINE_integer("tune_seeds", 3, "Validation seeds per --tune value.")
-_VALID_FRACTION = flags.DEFINE_float("valid_fraction", 0.1, "Share of the training requests the --tune "
-                                     "runs hold out and evaluate on (config.data.valid_fraction).")
+from cascadejax import configuration, trainer, tuning, workdir as workdir_lib
 
 WALL_FILE = "compare_wall_s.json"
 DIVERGED_FILE = "compare_diverged.json"
@@ -100,16 +89,15 @@ def run_one(config: ConfigDict, workdir: str) -> dict:
   """Trains one run unless its workdir already holds its outcome; returns the final report and the
   wall time, or, for a run that diverged, `{"diverged_step": step, "wall_s": seconds}`."""
   wall_path, diverged_path = os.path.join(workdir, WALL_FILE), os.path.join(workdir, DIVERGED_FILE)
-  if os.path.exists(os.path.join(workdir, "config.json")):
-    changed = configuration.differing_keys(configuration.load(workdir), config)
-    if changed:
-      raise ValueError(f"compare: {workdir} holds a run of a different config (config.{changed[0]}, "
-                       f"{len(changed)} key(s) differ); use another --out")
-  if os.path.exists(wall_path):
-    final = [line for line in metric_writer.read(workdir) if line.get("final")]
-    if final:
-      with open(wall_path) as f:
-        return {**final[-1], "wall_s": json.load(f)["wall_s"]}
+  saved = workdir_lib.saved_config(workdir)
+  changed = [] if saved is None else configuration.differing_keys(saved, config)
+  if changed:
+    raise ValueError(f"compare: {workdir} holds a run of a different config (config.{changed[0]}, "
+                     f"{len(changed)} key(s) differ); use another --out")
+  final = workdir_lib.final_report(workdir) if os.path.exists(wall_path) else None
+  if final is not None:
+    with open(wall_path) as f:
+      return {**final, "wall_s": json.load(f)["wall_s"]}
   if os.path.exists(diverged_path):
     with open(diverged_path) as f:
       return json.load(f)
@@ -281,17 +269,35 @@ def compare(config: ConfigDict, methods: list[str], seeds: int, out: str, tune: 
   return rows
 
 
-def main(argv):
-  del argv
-  if _CONFIG.value is None or not _METHODS.value or not _OUT.value:
+def define_flags() -> None:
+  """Registers the command's flags (only when run as a program: see `cascadejax.workdir`)."""
+  config_flags.DEFINE_config_file("config", None, "Config file of the comparison.")
+  flags.DEFINE_list("methods", None, "Comma-separated method names, the first is the reference.")
+  flags.DEFINE_integer("seeds", 5, "Number of seeds.")
+  flags.DEFINE_list("paired", [], "Method entries to show paired differences to (default: the first).")
+  flags.DEFINE_string("out", None, "Output directory.")
+  flags.DEFINE_multi_string("tune", [], "METHOD:OPTION=v1,v2,...: choose OPTION of that --methods entry "
+                            "on validation runs before the test runs (repeatable, one per entry).")
+  flags.DEFINE_integer("tune_seeds", 3, "Validation seeds per --tune value.")
+  flags.DEFINE_float("valid_fraction", 0.1, "Share of the training requests the --tune "
+                     "runs hold out and evaluate on (config.data.valid_fraction).")
+
+
+def main(argv: Sequence[str]) -> None:
+  """Runs the comparison and prints its table (see the module docstring)."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  FLAGS = flags.FLAGS
+  if FLAGS.config is None or not FLAGS.methods or not FLAGS.out:
     raise app.UsageError("--config, --methods and --out are required")
   trainer.quiet_library_logs()
-  os.makedirs(_OUT.value, exist_ok=True)
-  compare(_CONFIG.value, _METHODS.value, _SEEDS.value, _OUT.value, tune=_TUNE.value,
-          tune_seeds=_TUNE_SEEDS.value, valid_fraction=_VALID_FRACTION.value, paired=_PAIRED.value)
-  with open(os.path.join(_OUT.value, "results.md")) as f:
+  os.makedirs(FLAGS.out, exist_ok=True)
+  compare(FLAGS.config, FLAGS.methods, FLAGS.seeds, FLAGS.out, tune=FLAGS.tune, tune_seeds=FLAGS.tune_seeds,
+          valid_fraction=FLAGS.valid_fraction, paired=FLAGS.paired)
+  with open(os.path.join(FLAGS.out, "results.md")) as f:
     print(f.read())
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

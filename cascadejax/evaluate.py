@@ -3,8 +3,9 @@
 `--mesh_shape=1,1` reads a checkpoint written on more devices than this machine has (docs/sharding.md).
 
 Rebuilds the run from `W/config.json`, restores the latest (or the given) checkpoint, runs the
-jitted evaluation over the split, prints the metrics as JSON and appends them to `W/metrics.jsonl`
-(with `"source": "evaluate"`).
+jitted evaluation over the split, appends the metrics to `W/metrics.jsonl` (with `"source":
+"evaluate"`) and prints them as a table (`metric_writer.table`), or with `--json` as the JSON
+report.
 
 Re-ranking: when the run's config has a `config.rerank` section with a `method` other than "none"
 (see `cascadejax.rerank.DEFAULTS`), or `--rerank KEY=VALUE` options are given (they override the
@@ -16,59 +17,17 @@ stage's survivors, without (`shown/...`) and with (`rerank/...`) the re-ranking 
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
-import os
 from typing import Any, Sequence
 
 import jax
+from absl import app, flags
 
-from cascadejax import configuration, metrics, rerank, mesh as mesh_lib
+from cascadejax import configuration, metric_writer, metrics, rerank, mesh as mesh_lib, workdir as workdir_lib
 from cascadejax.ops.selection import select
 from cascadejax.data import pipeline
-from cascadejax.checkpoint import Checkpointer
 from cascadejax.experiment import Experiment
-from cascadejax.metric_writer import MetricWriter
-
-
-def restore(workdir: str, step: int | None = None, mesh_shape: tuple[int, ...] | None = None, *,
-            devices: Sequence[jax.Device] | None = None):
-  """`(experiment, state)` of a workdir's checkpoint (latest unless `step` is given).
-
-  Args:
-    workdir: a workdir written by train.py.
-    step: the checkpoint's step (default: the latest).
-    mesh_shape: overrides the saved `config.mesh.shape`, to read a checkpoint on another device
-      count, e.g. `(1, 1)` for one written on a (2 data x 4 model) mesh (`Experiment.restore`).
-    devices: the devices to lay the mesh over (default: all of this process's).
-  """
-  config = configuration.load(workdir)
-  if mesh_shape is not None:
-    config.mesh.shape = tuple(mesh_shape)
-  directory = os.path.join(workdir, "checkpoints")
-  checkpointer = Checkpointer(directory)
-  if checkpointer.latest_step() is None:
-    raise FileNotFoundError(f"no checkpoint in {directory}: train first with train.py --workdir {workdir}")
-  try:
-    configuration.validate(config)
-    exp = Experiment.build(config, mesh_lib.make_mesh(config.mesh, devices))
-  except ValueError as e:
-    if "config.mesh.shape" not in str(e):
-      raise
-    raise ValueError(f"{e}; the checkpoint in {directory} can be read on this machine's devices with "
-                     "--mesh_shape (e.g. --mesh_shape=1,1 or -1)") from e
-  state = exp.restore(checkpointer, step=step)
-  checkpointer.close()
-  return exp, state
-
-
-def mesh_shape_arg(text: str) -> tuple[int, ...]:
-  """Parses a `--mesh_shape` flag: comma-separated axis sizes, e.g. "1,1" or "-1,4"."""
-  try:
-    return tuple(int(v) for v in text.split(","))
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"--mesh_shape expects comma-separated ints, got {text!r}") from None
 
 
 def rerank_metrics(exp: Experiment, params: Any, split: str = "test",
@@ -98,7 +57,7 @@ def rerank_metrics(exp: Experiment, params: Any, split: str = "test",
   @jax.jit
   def step(p, batch):
     variables = {"params": p}
-    scores = exp.cascade.apply(variables, batch.user, batch.items)
+    scores = exp.cascade.apply(variables, batch.user, batch.items).scores
     survivors = select(scores, exp.cascade.ks, where=batch.mask)[-1]
     vectors = (exp.cascade.apply(variables, batch.user, batch.items, method=item_vectors)
                if o["similarity"] == "embedding" else None)
@@ -122,41 +81,62 @@ def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None,
   """Evaluates the checkpoint and appends the report to `metrics.jsonl`; returns the report.
 
   The report includes `rerank_metrics` when `config.rerank.method` is not "none" or
-  `rerank_overrides` are given. `mesh_shape` is as in `restore`.
+  `rerank_overrides` are given. `mesh_shape` is as in `workdir.restore`.
   """
-  exp, state = restore(workdir, step, mesh_shape)
+  exp, state = workdir_lib.restore(workdir, step, mesh_shape)
   metrics_ = exp.evaluate(state.params["cascade"], split)
   if rerank_overrides or exp.config.get("rerank", {}).get("method", "none") != "none":
     metrics_.update(rerank_metrics(exp, state.params["cascade"], split, rerank_overrides))
-  writer = MetricWriter(workdir)
+  writer = metric_writer.MetricWriter(workdir)
   report = writer.write(int(state.step), metrics_, split=split, source="evaluate")
   writer.close()
   return report
 
 
-def main(argv: list[str] | None = None) -> None:
-  """Command-line entry point (see the module docstring)."""
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--workdir", required=True, help="a workdir written by train.py")
-  parser.add_argument("--split", default="test", help="data split to evaluate on (default: test)")
-  parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-  parser.add_argument("--mesh_shape", type=mesh_shape_arg, default=None,
-                      help="mesh axis sizes overriding the saved config.mesh.shape, e.g. 1,1 (default: as saved)")
-  parser.add_argument("--rerank", action="append", default=[], metavar="KEY=VALUE",
-                      help="re-ranking option overriding config.rerank (repeatable), e.g. method=mmr")
-  args = parser.parse_args(argv)
+def rerank_overrides(items: Sequence[str]) -> dict[str, Any]:
+  """`--rerank` values (`KEY=VALUE`) as options: values are Python literals, else strings.
+
+  `["method=mmr", "k=5"]` -> `{"method": "mmr", "k": 5}`.
+
+  Raises:
+    ValueError: for an item without "=".
+  """
   overrides = {}
-  for item in args.rerank:
+  for item in items:
     key, sep, value = item.partition("=")
     if not sep:
-      parser.error(f"--rerank expects KEY=VALUE, got {item!r}")
+      raise ValueError(f"--rerank expects KEY=VALUE, got {item!r}")
     try:
       overrides[key] = ast.literal_eval(value)
     except (ValueError, SyntaxError):
       overrides[key] = value  # a bare string such as mmr
-  print(json.dumps(evaluate_workdir(args.workdir, args.split, args.step, overrides or None, args.mesh_shape),
-                   indent=2))
+  return overrides
+
+
+def define_flags() -> None:
+  """Registers the command's flags; only `python -m cascadejax.evaluate` does, so importing this
+  module (for `evaluate_workdir`) registers none (see `cascadejax.workdir`)."""
+  workdir_lib.define_flags()
+  flags.adopt_module_key_flags(workdir_lib)
+  flags.DEFINE_string("split", "test", "Data split to evaluate on.")
+  flags.DEFINE_multi_string("rerank", [], "KEY=VALUE: a re-ranking option overriding config.rerank (repeatable), "
+                            "e.g. --rerank method=mmr --rerank k=5.")
+  flags.DEFINE_bool("json", False, "Print the report as JSON instead of a table.")
+
+
+def main(argv: Sequence[str]) -> None:
+  """Evaluates `--workdir`'s checkpoint and prints the report (see the module docstring)."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  FLAGS = flags.FLAGS
+  try:
+    overrides = rerank_overrides(FLAGS.rerank)
+  except ValueError as err:
+    raise app.UsageError(str(err)) from None
+  report = evaluate_workdir(FLAGS.workdir, FLAGS.split, FLAGS.step, overrides or None, FLAGS.mesh_shape)
+  print(json.dumps(report, indent=2) if FLAGS.json else metric_writer.table(report))
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

@@ -15,15 +15,15 @@ code) that scores a `CascadeBatch` with every stage and runs the hard cascade se
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import app, flags
 from jax import export as jax_export
 
 from cascadejax.cascade import Cascade, stage_param_names
@@ -119,23 +119,31 @@ def load(directory: str) -> ExportedCascade:
   return ExportedCascade(directory)
 
 
-def main(argv: list[str] | None = None) -> None:
-  """Command-line entry point (see the module docstring)."""
-  from cascadejax.evaluate import mesh_shape_arg, restore  # noqa: PLC0415 (the loader needs none of the training code)
+def define_flags() -> None:
+  """Registers the command's flags; only `python -m cascadejax.export` does, so importing this module
+  (for `load`, in a serving binary that may have its own `--workdir` or `--out`) registers none."""
+  from cascadejax import workdir  # noqa: PLC0415 (the loader needs none of the training code)
 
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--workdir", required=True, help="a workdir written by train.py")
-  parser.add_argument("--out", required=True, help="directory to write the artifacts to")
-  parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-  parser.add_argument("--mesh_shape", type=mesh_shape_arg, default=None,
-                      help="mesh axis sizes overriding the saved config.mesh.shape, e.g. 1,1 (default: as saved)")
-  parser.add_argument("--platforms", default="cpu", help="comma-separated: any of cpu, cuda, rocm, tpu")
-  args = parser.parse_args(argv)
-  exp, state = restore(args.workdir, args.step, args.mesh_shape)
-  manifest = export_cascade(exp.cascade, state.params["cascade"], args.out, gt_num=exp.config.cascade.gt_num,
-                            platforms=tuple(args.platforms.split(",")), step=int(state.step))
+  workdir.define_flags()
+  flags.adopt_module_key_flags(workdir)
+  flags.DEFINE_string("out", None, "Directory to write the artifacts to.")
+  flags.DEFINE_list("platforms", ["cpu"], "Comma-separated platforms to export for: any of cpu, cuda, rocm, tpu.")
+  flags.mark_flag_as_required("out")
+
+
+def main(argv: Sequence[str]) -> None:
+  """Exports `--workdir`'s checkpoint to `--out` and prints the manifest (see the module docstring)."""
+  from cascadejax import workdir  # noqa: PLC0415 (the loader needs none of the training code)
+
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  FLAGS = flags.FLAGS
+  exp, state = workdir.restore(FLAGS.workdir, FLAGS.step, FLAGS.mesh_shape)
+  manifest = export_cascade(exp.cascade, state.params["cascade"], FLAGS.out, gt_num=exp.config.cascade.gt_num,
+                            platforms=tuple(FLAGS.platforms), step=int(state.step))
   print(json.dumps(manifest, indent=2))
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

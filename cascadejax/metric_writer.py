@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+import re
+from typing import Any, Mapping
 
 from tensorboardX import SummaryWriter
 
@@ -66,3 +67,78 @@ def read(workdir: str) -> list[dict[str, Any]]:
   """All reports of `workdir/metrics.jsonl`, in order."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+
+# `<stage>/recall@G@K`, `<stage>/ndcg@K`, `<stage>/survival`, each maybe with `_random` (metrics.py).
+_STAGE_METRIC = re.compile(r"(?P<row>[^/]+)/(?:recall@(?P<gt>\d+)@(?P<rk>\d+)|ndcg@(?P<nk>\d+)|survival)"
+                           r"(?P<random>_random)?")
+_FIELDS = ("step", "split", "final", "source")  # what `MetricWriter.write` adds beside the metrics
+_E2E = ("recall_e2e", "recall_e2e_random")
+
+
+def _stage_rows(report: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], set[str], dict[str, float]]:
+  """`(rows, gt_nums, others)`: per row name its k and values by kind (`recall`, `ndcg_random`...),
+  the ground-truth sizes seen, and the numeric metrics that fit no row."""
+  rows, gts, others = {}, set(), {}
+  for key, value in report.items():
+    if key in _FIELDS or key in _E2E or isinstance(value, bool) or not isinstance(value, (int, float)):
+      continue
+    m = _STAGE_METRIC.fullmatch(key)
+    k = m and (m["rk"] or m["nk"])
+    if m is None or (k and rows.get(m["row"], {}).setdefault("k", k) != k):  # one k a row
+      others[key] = value
+      continue
+    kind = "recall" if m["rk"] else "ndcg" if m["nk"] else "survival"
+    rows.setdefault(m["row"], {"k": k} if k else {})[kind + (m["random"] or "")] = value
+    if m["gt"]:
+      gts.add(m["gt"])
+  return rows, gts, others
+
+
+def table(report: Mapping[str, Any]) -> str:
+  """A report's metrics as a fixed-width text table, for people (the JSON keeps every digit).
+
+  One row per stage: its k, then `recall@G@k`, `ndcg@k` and `survival`, each followed by its
+  random-selection reference where the report has one ("-" where a row lacks a value). Stages (the
+  rows with a `survival`) come in cascade order, i.e. by decreasing k (a config's k's strictly
+  decrease; a report's keys are sorted, by JSON and by pytrees); other rows, e.g. the lists shown by
+  `cascadejax.evaluate`'s re-ranking (`rerank`, `shown`), follow in report order. Below the rows,
+  the end-to-end recall beside its random reference, then every other numeric metric, one a line.
+
+  Args:
+    report: a report as `MetricWriter.write` returns it (or a line of `metrics.jsonl`).
+
+  Returns:
+    The table, lines joined by newlines, without a trailing newline.
+  """
+  rows, gts, others = _stage_rows(report)
+
+  def cascade_order(name):  # stages by decreasing k, then the other rows as they came (sorted is stable)
+    return (0, -int(rows[name].get("k", 0))) if "survival" in rows[name] else (1, 0)
+
+  order = sorted(rows, key=cascade_order)
+  recall = f"recall@{next(iter(gts))}@k" if len(gts) == 1 else "recall@G@k"
+  head, kinds = ["stage", "k"], []
+  for kind, name in (("recall", recall), ("ndcg", "ndcg@k"), ("survival", "survival")):
+    for column, title in ((kind, name), (kind + "_random", "random")):
+      if any(column in r for r in rows.values()):
+        head.append(title)
+        kinds.append(column)
+  body = [[name, r.get("k", "-"), *(f"{r[c]:.4f}" if c in r else "-" for c in kinds)] for name, r in ((n, rows[n]) for n in order)]
+  widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
+
+  def line(cells):  # the stage name left-aligned, numbers right-aligned
+    return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+  title = " ".join(x for x in (report.get("split"), "metrics") if x)
+  lines = [f"{title} at step {report['step']}" if "step" in report else title]
+  if body:
+    lines += [line(head), *map(line, body)]
+  if "recall_e2e" in report:
+    random = report.get("recall_e2e_random")
+    lines.append(f"end-to-end recall_e2e {report['recall_e2e']:.4f}"
+                 + (f" (random {random:.4f})" if random is not None else ""))
+  width = max(map(len, others), default=0)
+  lines += [f"{key.ljust(width)}  {value:.4f}" for key, value in others.items()]
+  return "\n".join(lines)

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from cascadejax import evaluate, mesh as mesh_lib, trainer
+from cascadejax import mesh as mesh_lib, trainer, workdir as workdir_lib
 from cascadejax.checkpoint import Checkpointer
 from cascadejax.experiment import Experiment
 from tests.conftest import tiny_config
@@ -76,15 +76,15 @@ def test_evaluate_reads_an_eight_device_checkpoint_on_one(tmp_path):
   report = _run(config, tmp_path)
   one = jax.devices()[:1]
   with pytest.raises(ValueError, match=r"needs 8 devices.*--mesh_shape"):
-    evaluate.restore(str(tmp_path), devices=one)
-  exp, state = evaluate.restore(str(tmp_path), mesh_shape=(1, 1), devices=one)
+    workdir_lib.restore(str(tmp_path), devices=one)
+  exp, state = workdir_lib.restore(str(tmp_path), mesh_shape=(1, 1), devices=one)
   assert exp.cascade.embedding.sharding.num_shards == 1
   table = state.params["cascade"]["embedding_retrieval"]["item_id"]
   assert table.shape == (61, 4) and len(table.sharding.device_set) == 1
   metrics = exp.evaluate(state.params["cascade"], "test")
   _close({k: report[k] for k in metrics}, metrics)
   # The logical table and its Adam moments are those of the 8-device run.
-  exp8, state8 = evaluate.restore(str(tmp_path))
+  exp8, state8 = workdir_lib.restore(str(tmp_path))
   s8 = exp8.cascade.embedding.sharding
   np.testing.assert_array_equal(s8.to_logical(state8.params["cascade"]["embedding_retrieval"]["item_id"], 61), table)
   np.testing.assert_array_equal(s8.to_logical(state8.opt_state["rows"]["embedding_retrieval"]["item_id"]["nu"], 61),

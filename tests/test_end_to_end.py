@@ -1,4 +1,5 @@
-"""Train -> kill -9 -> resume -> evaluate -> export -> reload, on a tiny cascade in a temp dir."""
+"""Train -> kill -9 -> resume -> evaluate -> export -> reload, on a tiny cascade in a temp dir; the
+commands run as programs (`train.py`, `python -m cascadejax.evaluate`, `python -m cascadejax.export`)."""
 
 import json
 import os
@@ -14,7 +15,8 @@ import pytest
 
 from cascadejax import export, metric_writer, mesh as mesh_lib, trainer
 from cascadejax.data import pipeline
-from cascadejax.evaluate import evaluate_workdir, restore
+from cascadejax.evaluate import evaluate_workdir
+from cascadejax.workdir import restore
 from cascadejax.experiment import Experiment
 from tests.conftest import tiny_config
 
@@ -42,7 +44,9 @@ def runs(tmp_path_factory):
   config_file.write_text("from tests.conftest import tiny_config\n\ndef get_config():\n  return tiny_config()\n")
   env = {**os.environ, "PYTHONPATH": ROOT}
   straight, killed = tmp / "straight", tmp / "killed"
-  subprocess.run(_train_cmd(config_file, straight), check=True, env=env, cwd=ROOT, capture_output=True)
+  done = subprocess.run(_train_cmd(config_file, straight), check=True, env=env, cwd=ROOT, capture_output=True,
+                        text=True)
+  (tmp / "straight.stdout").write_text(done.stdout)
 
   proc = subprocess.Popen(_train_cmd(config_file, killed), env=env, cwd=ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -82,6 +86,37 @@ def test_workdir_outputs(runs):
     assert json.load(f)["cascade"]["stages"] == ["retrieval", "prerank"]
 
 
+def test_train_py_ends_with_the_final_metrics_table(runs):
+  straight, _ = runs
+  stdout = (straight.parent / "straight.stdout").read_text()
+  table = metric_writer.table(_final(str(straight)))
+  assert stdout.endswith(table + "\n")
+  lines = table.splitlines()  # stages in cascade order, then the end-to-end line
+  assert lines[2].startswith("retrieval  4 ") and lines[3].startswith("prerank    2 ")
+  assert lines[4].startswith("end-to-end recall_e2e ")
+
+
+def _command(module, *args):
+  """Runs `python -m cascadejax.<module> ARGS...`; returns its stdout."""
+  done = subprocess.run([sys.executable, "-m", f"cascadejax.{module}", *args], cwd=ROOT, capture_output=True,
+                        text=True, env={**os.environ, "PYTHONPATH": ROOT})
+  assert done.returncode == 0, done.stderr[-3000:]
+  return done.stdout
+
+
+def test_evaluate_command_prints_the_table_or_the_json_report(runs):
+  straight, _ = runs
+  table = _command("evaluate", f"--workdir={straight}")
+  report = metric_writer.read(str(straight))[-1]  # what that command appended
+  assert report["source"] == "evaluate" and table == metric_writer.table(report) + "\n"
+  assert table.startswith(f"test metrics at step {STEPS}\n")
+  printed = json.loads(_command("evaluate", "--workdir", str(straight), "--json", "--split=train",
+                                "--rerank", "method=mmr", "--rerank=k=2"))
+  assert printed == metric_writer.read(str(straight))[-1]
+  assert printed["split"] == "train" and printed["source"] == "evaluate"
+  assert printed["rerank/size"] == pytest.approx(2.0) and "shown/recall@2@2" in printed
+
+
 def test_evaluate_reproduces_final_metrics_and_appends(runs):
   straight, _ = runs
   report = evaluate_workdir(str(straight))
@@ -93,14 +128,16 @@ def test_evaluate_reproduces_final_metrics_and_appends(runs):
   assert metric_writer.read(str(straight))[-1]["source"] == "evaluate"
 
 
-def test_export_reload_scores_equal_in_process(runs, tmp_path):
+def test_export_command_then_reload_scores_equal(runs, tmp_path):
   straight, _ = runs
   exp, state = restore(str(straight))
-  export.main(["--workdir", str(straight), "--out", str(tmp_path), "--platforms", "cpu"])
+  printed = json.loads(_command("export", "--workdir", str(straight), f"--out={tmp_path}", "--platforms", "cpu"))
+  assert printed == json.loads((tmp_path / "manifest.json").read_text())
+  assert printed["step"] == STEPS and printed["platforms"] == ["cpu"]
   loaded = export.load(str(tmp_path))
   assert loaded.names == ("retrieval", "prerank") and loaded.ks == (4, 2)
   batch = exp.data.splits["test"].take(slice(0, 7))  # a batch size the export never saw
-  want = exp.cascade.apply({"params": state.params["cascade"]}, batch.user, batch.items)
+  want = exp.cascade.apply({"params": state.params["cascade"]}, batch.user, batch.items).scores
   np.testing.assert_allclose(np.asarray(loaded.score(batch)), np.asarray(want), rtol=1e-5, atol=1e-5)
   alive = loaded.select(batch)
   assert (alive[0].sum(-1) == np.minimum(4, batch.mask.sum(-1))).all() and (alive[1] <= alive[0]).all()

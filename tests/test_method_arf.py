@@ -9,7 +9,7 @@ from ml_collections import ConfigDict
 
 from cascadejax import metric_writer, trainer
 from cascadejax.data.schema import CascadeBatch
-from cascadejax.evaluate import restore
+from cascadejax.workdir import restore
 from cascadejax.methods import get_method
 from cascadejax.methods.arf import ARF, ARFv2
 from cascadejax.methods.common import label_permutation, label_split
