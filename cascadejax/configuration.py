@@ -13,6 +13,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+from typing import Any
 
 from ml_collections import ConfigDict
 
@@ -58,7 +59,7 @@ class TrainSection(Section):
   checkpoint_every: int
   keep_checkpoints: int
   progress_bar: bool = True
-  eval_split: str = "test"
+  eval_split: Any = "test"  # a split name, checked below
 
   def check(self) -> None:
     for key in ("batch_size", "steps", "log_every", "eval_batch_size", "checkpoint_every", "keep_checkpoints"):
@@ -66,8 +67,9 @@ class TrainSection(Section):
         raise ValueError(f"config.train.{key} must be >= 1, got {getattr(self, key)}")
     if self.eval_every < 0:
       raise ValueError(f"config.train.eval_every must be >= 0 (0 = only the final evaluation), got {self.eval_every}")
-    if not self.eval_split:
-      raise ValueError("config.train.eval_split must be a split name such as 'test' or 'valid', got ''")
+    if not isinstance(self.eval_split, str) or not self.eval_split:
+      raise ValueError(f"config.train.eval_split must be a split name such as 'test' or 'valid', got "
+                       f"{self.eval_split!r}")
 
 
 SECTIONS: tuple[type[Section], ...] = (data_lib.DataSection, EmbeddingSection, OptimizerSection, TrainSection,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 from ml_collections import ConfigDict
@@ -35,7 +36,7 @@ class DataSection(Section):
   name: str
   seed: int
   list_size: int
-  valid_fraction: float = 0.0
+  valid_fraction: Any = 0.0  # checked by `check_valid_fraction` (a number in [0, 1))
 
   def check(self) -> None:
     if self.name not in READERS:
