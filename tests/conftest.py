@@ -17,7 +17,7 @@ from ml_collections import ConfigDict  # noqa: E402
 
 from configs import default  # noqa: E402
 
-pytest_plugins = ("tests.launch_helpers", "tests.recflow_helpers")  # the `env` and `hand` fixtures
+pytest_plugins = ("tests.launch_helpers", "tests.data_recflow_helpers")  # the `env` and `hand` fixtures
 
 
 def tiny_config(num_stages: int = 2) -> ConfigDict:

@@ -1,7 +1,7 @@
 """Ranking losses against hand-computed values, brute-force NumPy references (double loops over
 pairs, float64) and rax (values and gradients to 1e-5, with masks, weights and ties); invariance to
 item order; zero, finite results on masked lists. The pair kernel's paths and memory are in
-tests/test_pair_kernel.py."""
+tests/test_ops_lambdarank.py."""
 
 import functools
 import math

@@ -28,7 +28,7 @@ KWARGS = {"two_tower": dict(hidden=(4,), out_dim=3), "mlp": dict(hidden=(4,)),
           "mmoe": dict(num_experts=2, expert=(4,), tower=(3,)), "sasrec": dict(num_blocks=1, hidden=(4,), out_dim=3),
           "moe_nominators": dict(num_experts=2, hidden=(4,), out_dim=3)}
 # moe_nominators serves each pool's top items round-robin (train=False), so its serving scores depend
-# on the other candidates by design; tests/test_moe_nominators.py checks its pointwise training
+# on the other candidates by design; tests/test_models_moe_nominators.py checks its pointwise training
 # scores and its invariance to padding and to padded history steps.
 POINTWISE = sorted(set(MODELS) - {"moe_nominators"})
 

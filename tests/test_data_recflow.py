@@ -1,5 +1,5 @@
 """The RecFlow reader on tiny files written with RecFlow's documented schema (no RecFlow bytes exist
-here); bad input is in test_recflow_bad_input.py."""
+here); bad input is in test_data_recflow_files.py."""
 
 import logging
 import os
@@ -14,7 +14,7 @@ from cascadejax import data as data_lib, metric_writer, trainer  # noqa: E402
 from cascadejax.data import recflow  # noqa: E402
 from cascadejax.experiment import Experiment  # noqa: E402
 from configs.reference import recflow_three_stage, recflow_two_stage  # noqa: E402
-from tests.recflow_helpers import ID_CNT, data_config, random_day  # noqa: E402
+from tests.data_recflow_helpers import ID_CNT, data_config, random_day  # noqa: E402
 
 
 def _by_video(batch, r):

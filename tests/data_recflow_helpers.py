@@ -1,5 +1,5 @@
 """Tiny RecFlow files written with RecFlow's documented schema (no RecFlow bytes exist here), shared by
-test_recflow.py and test_recflow_bad_input.py. Loaded as a plugin by conftest.py for the `hand` fixture,
+test_data_recflow.py and test_data_recflow_files.py. Loaded as a plugin by conftest.py for the `hand` fixture,
 so pyarrow is imported only where a file is written."""
 
 import datetime
@@ -98,7 +98,7 @@ def data_config(root, **overrides) -> ConfigDict:
 
 @pytest.fixture
 def hand(tmp_path):
-  """Two days written by hand; test_recflow.py checks day 1's requests value by value."""
+  """Two days written by hand; test_data_recflow.py checks day 1's requests value by value."""
   ts = ms("2024-01-13", 10)  # a Saturday, 10:00 Beijing time
   rows = [row(7, 10, ["prerank_neg"], ts), row(7, 11, ["coarse_neg"], ts), row(7, 12, ["rank_neg"], ts),
           row(7, 13, ["rank_pos"], ts, rank_index=1), row(7, 14, ["rank_pos", "realshow"], ts, rank_index=0,

@@ -10,7 +10,7 @@ pa = pytest.importorskip("pyarrow")
 import pyarrow.feather as feather  # noqa: E402
 
 from cascadejax import data as data_lib  # noqa: E402
-from tests.recflow_helpers import ID_CNT, data_config, row, seq, write_day  # noqa: E402
+from tests.data_recflow_helpers import ID_CNT, data_config, row, seq, write_day  # noqa: E402
 
 
 BAD = {  # case -> (change to day 1's table, the error expected)

@@ -1,6 +1,6 @@
 """Sharded embedding tables and the row-wise optimizer.
 
-Single-device checks run here; the 8-device ones (`tests/sharded_embedding_cases.py`) run in a
+Single-device checks run here; the 8-device ones (`tests/embedding_sharded_cases.py`) run in a
 child pytest with 8 forced CPU devices through `tests/test_eight_devices.py`.
 """
 
