@@ -18,15 +18,15 @@ stage's survivors, without (`shown/...`) and with (`rerank/...`) the re-ranking 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 from typing import Any, Sequence
 
 import jax
 from absl import app, flags
 
-from cascadejax import configuration, metric_writer, metrics, rerank, mesh as mesh_lib, workdir as workdir_lib
+from cascadejax import metric_writer, metrics, rerank, workdir as workdir_lib
 from cascadejax.ops.selection import select
-from cascadejax.data import pipeline
 from cascadejax.experiment import Experiment
 
 
@@ -44,12 +44,12 @@ def rerank_metrics(exp: Experiment, params: Any, split: str = "test",
     `shown/<metric>` (the last stage's top k of its survivors) and `rerank/<metric>` (the
     re-ranker's list), metrics as in `metrics.shown_list_metrics`.
   """
-  section = {**configuration.plain(exp.config.get("rerank", {})), **(overrides or {})}
+  section = {**dataclasses.asdict(exp.sections.rerank), **(overrides or {})}
   last = exp.cascade.stages[-1]
   items = tuple(f.name for f in exp.data.features if f.side == "items")
   o = rerank.options(section, last_k=last.k, item_features=items)
   features = tuple(dict.fromkeys((o["feature"], o["creator_feature"])))
-  gt_num = exp.config.cascade.gt_num
+  gt_num = exp.sections.cascade.gt_num
 
   def item_vectors(module, user, items_):
     return module.embedders[last.name](user, items_).item_matrix()
@@ -67,12 +67,7 @@ def rerank_metrics(exp: Experiment, params: Any, split: str = "test",
     return {**metrics.shown_list_metrics(*base, batch, prefix="shown", **kw),
             **metrics.shown_list_metrics(*shown, batch, prefix="rerank", **kw)}
 
-  sums = metrics.MetricSums()
-  size, procs, me = exp.config.train.eval_batch_size, jax.process_count(), jax.process_index()
-  for batch in pipeline.eval_batches(exp.data.splits[split], size):
-    local = batch.take(slice(me * size // procs, (me + 1) * size // procs))
-    sums.add(step(params, mesh_lib.put_batch(local, exp.mesh)))
-  return sums.means()
+  return exp.over_split(step, params, split)
 
 
 def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None,
@@ -85,7 +80,7 @@ def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None,
   """
   exp, state = workdir_lib.restore(workdir, step, mesh_shape)
   metrics_ = exp.evaluate(state.params["cascade"], split)
-  if rerank_overrides or exp.config.get("rerank", {}).get("method", "none") != "none":
+  if rerank_overrides or exp.sections.rerank.method != "none":
     metrics_.update(rerank_metrics(exp, state.params["cascade"], split, rerank_overrides))
   writer = metric_writer.MetricWriter(workdir)
   report = writer.write(int(state.step), metrics_, split=split, source="evaluate")

@@ -211,11 +211,16 @@ class Experiment:
 
   def evaluate(self, params: Any, split: str = "test") -> dict[str, float]:
     """Metrics of the cascade with `params` (the cascade's part) over a whole split."""
+    return self.over_split(self.eval_step, params, split)
+
+  def over_split(self, step: Any, params: Any, split: str = "test") -> dict[str, float]:
+    """Means over a whole split of a jitted `step(params, batch) -> {metric: (sum, count)}`: the
+    one evaluation loop (padded eval batches, each process feeding its share of every batch)."""
     if split not in self.data.splits:
       raise ValueError(f"unknown split {split!r}; the data has {sorted(self.data.splits)}")
     sums = metrics.MetricSums()
     size, procs, me = self.sections.train.eval_batch_size, jax.process_count(), jax.process_index()
     for batch in pipeline.eval_batches(self.data.splits[split], size):
       local = batch.take(slice(me * size // procs, (me + 1) * size // procs))
-      sums.add(self.eval_step(params, mesh_lib.put_batch(local, self.mesh)))
+      sums.add(step(params, mesh_lib.put_batch(local, self.mesh)))
     return sums.means()

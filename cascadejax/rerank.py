@@ -200,7 +200,7 @@ def cosine_similarity(vectors: jax.Array) -> jax.Array:
 
 # ---- the re-ranking stage from a config section (`config.rerank`), applied in evaluation ----
 
-METHODS = ("none", "mmr", "dpp", "creator_cap")
+RERANKERS = ("none", "mmr", "dpp", "creator_cap")  # config.rerank.method
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,8 +233,8 @@ class RerankSection(Section):
   fill: bool = False
 
   def check(self) -> None:
-    if self.method not in METHODS:
-      raise ValueError(f"config.rerank.method: unknown method {self.method!r}; available: {METHODS}")
+    if self.method not in RERANKERS:
+      raise ValueError(f"config.rerank.method: unknown method {self.method!r}; available: {RERANKERS}")
     if self.k < 0:
       raise ValueError(f"config.rerank.k must be >= 0 (0 = the last stage's k), got {self.k}")
     if self.relevance not in ("sigmoid", "logit"):
