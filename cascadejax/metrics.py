@@ -12,23 +12,24 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from cascadejax.ops.ranking_utils import (dcg, ideal_dcg, position_discounts, pow2m1_gain, ranked_dcg,
+                                          safe_reduce, valid_lists)
 from cascadejax.ops.selection import ground_truth, hard_topk, select
 from cascadejax.data.schema import CascadeBatch
 
 
-def _reduce(values: jax.Array, where: jax.Array, reduce_fn) -> jax.Array:
-  values = jnp.where(where, values, 0.0)
-  if reduce_fn is None:
-    return values
-  return values.sum() / jnp.maximum(where.sum(), 1)
-
-
-def _valid_lists(where: jax.Array) -> jax.Array:
-  return where.any(axis=-1)
+def _over_lists(values: jax.Array, lists: jax.Array, reduce_fn) -> jax.Array:
+  """Per-list `values` averaged over `lists` (any `reduce_fn` but None averages), or zeroed outside."""
+  return safe_reduce(values, where=lists, reduce_fn=None if reduce_fn is None else jnp.mean)
 
 
 def _recall(selected: jax.Array, truth: jax.Array) -> jax.Array:
   return (selected & truth).sum(-1) / jnp.maximum(truth.sum(-1), 1)
+
+
+def _ratio(value: jax.Array, ideal: jax.Array) -> jax.Array:
+  """value / ideal, 0 where the ideal is not positive (NDCG of a list without gain)."""
+  return jnp.where(ideal > 0, value / jnp.where(ideal > 0, ideal, 1.0), 0.0)
 
 
 def cascade_recall(stage_scores: jax.Array | Sequence[jax.Array], ks: Sequence[int], labels: jax.Array,
@@ -46,31 +47,14 @@ def cascade_recall(stage_scores: jax.Array | Sequence[jax.Array], ks: Sequence[i
     reduce_fn: `jnp.mean` over non-empty lists, or None for per-list values.
   """
   survivors = select(stage_scores, ks, where=where)[-1]
-  return _reduce(_recall(survivors, ground_truth(labels, gt_num, where=where)), _valid_lists(where), reduce_fn)
+  return _over_lists(_recall(survivors, ground_truth(labels, gt_num, where=where)), valid_lists(where), reduce_fn)
 
 
 def recall_at_k(scores: jax.Array, labels: jax.Array, *, gt_num: int, k: int, where: jax.Array,
                 reduce_fn=jnp.mean) -> jax.Array:
   """Recall@gt_num@k of one scorer on the whole list: |GT ∩ top-k by `scores`| / |GT|."""
   chosen = hard_topk(scores, k, where=where)
-  return _reduce(_recall(chosen, ground_truth(labels, gt_num, where=where)), _valid_lists(where), reduce_fn)
-
-
-def _discounts(n: int, topn: int | None) -> jax.Array:
-  """`[n]` DCG discounts 1 / log2(rank + 1) of ranks 1..n, zero beyond `topn`."""
-  ranks = jnp.arange(1, n + 1)
-  d = 1.0 / jnp.log2(ranks + 1.0)
-  return d if topn is None else jnp.where(ranks <= topn, d, 0.0)
-
-
-def _gains(labels: jax.Array, where: jax.Array) -> jax.Array:
-  return jnp.where(where, 2.0**labels - 1.0, 0.0)
-
-
-def _sorted_desc(values: jax.Array, where: jax.Array, key: jax.Array) -> jax.Array:
-  """`values` of each list ordered by descending `key` (stable; invalid entries last)."""
-  order = jnp.argsort(jnp.where(where, -key, jnp.inf), axis=-1, stable=True)
-  return jnp.take_along_axis(values, order, axis=-1)
+  return _over_lists(_recall(chosen, ground_truth(labels, gt_num, where=where)), valid_lists(where), reduce_fn)
 
 
 def ndcg(scores: jax.Array, labels: jax.Array, *, where: jax.Array, topn: int | None = None,
@@ -81,11 +65,9 @@ def ndcg(scores: jax.Array, labels: jax.Array, *, where: jax.Array, topn: int | 
 
   Lists whose ideal DCG is 0 score 0. Ties in `scores` are broken towards the lower index.
   """
-  gains = _gains(labels, where)
-  disc = _discounts(scores.shape[-1], topn)
-  dcg = (_sorted_desc(gains, where, scores) * disc).sum(-1)
-  ideal = (_sorted_desc(gains, where, labels) * disc).sum(-1)
-  return _reduce(jnp.where(ideal > 0, dcg / jnp.where(ideal > 0, ideal, 1.0), 0.0), _valid_lists(where), reduce_fn)
+  gains = pow2m1_gain(labels, where=where)
+  value = _ratio(dcg(scores, gains, where=where, topn=topn), ideal_dcg(gains, where=where, topn=topn))
+  return _over_lists(value, valid_lists(where), reduce_fn)
 
 
 def random_recall(k: int, *, gt_num: int, where: jax.Array, reduce_fn=jnp.mean) -> jax.Array:
@@ -96,7 +78,7 @@ def random_recall(k: int, *, gt_num: int, where: jax.Array, reduce_fn=jnp.mean) 
   """
   del gt_num  # every ground-truth item survives with the same probability
   n = where.sum(-1)
-  return _reduce(jnp.minimum(k, n) / jnp.maximum(n, 1), _valid_lists(where), reduce_fn)
+  return _over_lists(jnp.minimum(k, n) / jnp.maximum(n, 1), valid_lists(where), reduce_fn)
 
 
 def random_ndcg(labels: jax.Array, *, where: jax.Array, topn: int | None = None, reduce_fn=jnp.mean) -> jax.Array:
@@ -105,12 +87,11 @@ def random_ndcg(labels: jax.Array, *, where: jax.Array, topn: int | None = None,
   Each valid candidate lands at each of the n ranks with probability 1/n, so
   E[DCG@k] = (sum_i gain_i / n) * sum_{r <= min(k, n)} 1 / log2(r + 1).
   """
-  gains = _gains(labels, where)
+  gains = pow2m1_gain(labels, where=where)
   n = where.sum(-1)
-  disc = _discounts(labels.shape[-1], topn)
+  disc = position_discounts(labels.shape[-1], topn=topn)
   expected = gains.sum(-1) / jnp.maximum(n, 1) * jnp.where(jnp.arange(labels.shape[-1]) < n[..., None], disc, 0.0).sum(-1)
-  ideal = (_sorted_desc(gains, where, labels) * disc).sum(-1)
-  return _reduce(jnp.where(ideal > 0, expected / jnp.where(ideal > 0, ideal, 1.0), 0.0), _valid_lists(where), reduce_fn)
+  return _over_lists(_ratio(expected, ideal_dcg(gains, where=where, topn=topn)), valid_lists(where), reduce_fn)
 
 
 def evaluate(stage_scores: jax.Array, batch: CascadeBatch, *, ks: Sequence[int], gt_num: int,
@@ -126,13 +107,13 @@ def evaluate(stage_scores: jax.Array, batch: CascadeBatch, *, ks: Sequence[int],
     <stage>/survival                     fraction of the ground truth alive after this stage
   """
   where, labels = batch.mask, batch.label
-  lists = _valid_lists(where)
+  lists = valid_lists(where)
   count = lists.sum().astype(jnp.float32)
   out = {}
   per_list = lambda v: (v.sum(), count)
   truth = ground_truth(labels, gt_num, where=where)
   alive = select(stage_scores, ks, where=where)
-  out["recall_e2e"] = per_list(_reduce(_recall(alive[-1], truth), lists, None))
+  out["recall_e2e"] = per_list(_over_lists(_recall(alive[-1], truth), lists, None))
   out["recall_e2e_random"] = per_list(random_recall(ks[-1], gt_num=gt_num, where=where, reduce_fn=None))
   for s, (name, k) in enumerate(zip(stage_names, ks)):
     out[f"{name}/recall@{gt_num}@{k}"] = per_list(
@@ -141,7 +122,7 @@ def evaluate(stage_scores: jax.Array, batch: CascadeBatch, *, ks: Sequence[int],
         random_recall(k, gt_num=gt_num, where=where, reduce_fn=None))
     out[f"{name}/ndcg@{k}"] = per_list(ndcg(stage_scores[s], labels, where=where, topn=k, reduce_fn=None))
     out[f"{name}/ndcg@{k}_random"] = per_list(random_ndcg(labels, where=where, topn=k, reduce_fn=None))
-    out[f"{name}/survival"] = per_list(_reduce(_recall(alive[s], truth), lists, None))
+    out[f"{name}/survival"] = per_list(_over_lists(_recall(alive[s], truth), lists, None))
   return out
 
 
@@ -173,16 +154,15 @@ def shown_list_metrics(order: jax.Array, valid: jax.Array, batch: CascadeBatch, 
   """
   where, labels = batch.mask, batch.label
   k = order.shape[-1]
-  lists = _valid_lists(where)
+  lists = valid_lists(where)
   count = lists.sum().astype(jnp.float32)
   per_list = lambda v: (jnp.where(lists, v, 0.0).sum(), count)
   truth = ground_truth(labels, gt_num, where=where)
   shown_truth = jnp.take_along_axis(truth, order, axis=-1) & valid
   out = {f"{prefix}/recall@{gt_num}@{k}": per_list(shown_truth.sum(-1) / jnp.maximum(truth.sum(-1), 1))}
-  gains = jnp.where(valid, jnp.take_along_axis(_gains(labels, where), order, axis=-1), 0.0)
-  dcg = (gains * _discounts(k, None)).sum(-1)
-  ideal = (_sorted_desc(_gains(labels, where), where, labels) * _discounts(labels.shape[-1], k)).sum(-1)
-  out[f"{prefix}/ndcg@{k}"] = per_list(jnp.where(ideal > 0, dcg / jnp.where(ideal > 0, ideal, 1.0), 0.0))
+  gains = pow2m1_gain(labels, where=where)
+  shown = ranked_dcg(jnp.take_along_axis(gains, order, axis=-1), where=valid)
+  out[f"{prefix}/ndcg@{k}"] = per_list(_ratio(shown, ideal_dcg(gains, where=where, topn=k)))
   for f in diversity_features:
     values = jnp.take_along_axis(batch.items[f], order, axis=-1)
     out[f"{prefix}/distinct_{f}@{k}"] = per_list(distinct_count(values, valid).astype(jnp.float32))

@@ -113,8 +113,8 @@ def test_quirk_options_give_the_plain_bce_form_and_change_the_gradient():
 
 
 def _list_mean(values, where):
-  from cascadejax.methods.common import list_mean  # noqa: PLC0415
-  return list_mean(values, where)
+  from cascadejax.ops.ranking_utils import list_mean  # noqa: PLC0415
+  return list_mean(values, where=where)
 
 
 @pytest.mark.parametrize("num_stages", [2, 3])

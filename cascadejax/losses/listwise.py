@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from cascadejax.losses.ranking import ReduceFn, safe_reduce
+from cascadejax.ops.ranking_utils import ReduceFn, safe_reduce, valid_lists, valid_mask
 
 
 def softmax_loss(scores: jax.Array, labels: jax.Array, *, where: jax.Array | None = None,
@@ -34,7 +34,7 @@ def softmax_loss(scores: jax.Array, labels: jax.Array, *, where: jax.Array | Non
   Returns:
     The reduced loss, or `[...]` per-list losses if `reduce_fn` is None.
   """
-  valid = jnp.ones(scores.shape, bool) if where is None else jnp.broadcast_to(where, scores.shape)
+  valid = valid_mask(where, scores.shape)
   targets = jnp.where(valid, labels, 0.0).astype(scores.dtype)
   if weights is not None:
     targets = targets * weights
@@ -47,4 +47,4 @@ def softmax_loss(scores: jax.Array, labels: jax.Array, *, where: jax.Array | Non
   norm = jnp.sum(jnp.where(valid, jnp.exp(shifted), 0.0), -1, keepdims=True)
   log_p = shifted - jnp.log(jnp.where(norm > 0, norm, 1.0))
   loss = -jnp.sum(jnp.where(valid, targets * log_p, 0.0), -1)
-  return safe_reduce(loss, where=valid.any(-1), reduce_fn=reduce_fn)
+  return safe_reduce(loss, where=valid_lists(valid), reduce_fn=reduce_fn)

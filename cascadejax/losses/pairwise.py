@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from cascadejax.losses.ranking import ReduceFn
-from cascadejax.ops.lambdarank import PairSpec, count_label_pairs, dcg_discount, tiled_pairwise_loss
+from cascadejax.ops.lambdarank import PairSpec, count_label_pairs, tiled_pairwise_loss
+from cascadejax.ops.ranking_utils import ReduceFn, normalize_by_ideal_dcg, pow2m1_gain
 
 
 def _pairwise(scores, labels, *, where, weights, reduce_fn, spec, gains=None):
@@ -111,31 +110,10 @@ def hinge_loss(scores: jax.Array, labels: jax.Array, *, margin: float = 1.0,
                    spec=PairSpec(pair_loss="hinge", margin=float(margin)))
 
 
-def ideal_dcg(gains: jax.Array, *, where: jax.Array | None = None,
-              topn: int | None = None) -> jax.Array:
-  """maxDCG@topn: the DCG of the list sorted by its own gains, sum_{r <= topn} G_(r) / log2(1 + r).
-
-  Args:
-    gains: `[..., list_size]` gains G.
-    where: optional `[..., list_size]` bool, False for padding (excluded).
-    topn: rank cutoff; None for the whole list.
-
-  Returns:
-    `[...]` ideal DCG per list (0 for a list without valid items).
-  """
-  valid = jnp.ones(gains.shape, bool) if where is None else jnp.broadcast_to(where, gains.shape)
-  _, neg = lax.sort((~valid, -jnp.where(valid, gains, 0.0)), dimension=gains.ndim - 1, num_keys=2)
-  rank = jnp.arange(1, gains.shape[-1] + 1)
-  keep = rank <= valid.sum(-1, keepdims=True)
-  if topn is not None:
-    keep = keep & (rank <= topn)
-  return jnp.sum(jnp.where(keep, -neg * dcg_discount(rank.astype(gains.dtype)), 0.0), -1)
-
-
 def ndcg_gains(labels: jax.Array, *, where: jax.Array | None = None,
                weights: jax.Array | None = None, topn: int | None = None,
                normalize: bool = True) -> jax.Array:
-  """Gains G_i = w_i (2^y_i - 1), divided by the list's maxDCG@topn if `normalize` (and it is > 0).
+  """Gains G_i = w_i (2^y_i - 1), divided by the list's maxDCG@topn if `normalize` (and it is not 0).
 
   Args:
     labels: `[..., list_size]` graded relevance y.
@@ -147,13 +125,10 @@ def ndcg_gains(labels: jax.Array, *, where: jax.Array | None = None,
   Returns:
     `[..., list_size]` gains.
   """
-  gains = jnp.power(2.0, labels.astype(jnp.result_type(labels.dtype, jnp.float32))) - 1.0
+  gains = pow2m1_gain(labels.astype(jnp.result_type(labels.dtype, jnp.float32)))
   if weights is not None:
     gains = gains * weights
-  if normalize:
-    best = ideal_dcg(gains, where=where, topn=topn)[..., None]
-    gains = gains / jnp.where(best == 0.0, 1.0, best)
-  return gains
+  return normalize_by_ideal_dcg(gains, where=where, topn=topn) if normalize else gains
 
 
 def lambdarank_loss(scores: jax.Array, labels: jax.Array, *, where: jax.Array | None = None,

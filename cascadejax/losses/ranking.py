@@ -1,34 +1,19 @@
 """Ranking losses with rax-style signatures: `[..., list_size]` inputs, keyword-only `where`,
 `weights` and `reduce_fn`. Masked and empty lists never produce NaN.
 
-This module holds the shared reduction and the pointwise losses; the pairwise losses (RankNet, BPR,
-hinge, LambdaRank, LambdaLoss) live in `pairwise.py`, the listwise softmax loss in `listwise.py`.
+This module holds the pointwise losses; the pairwise losses (RankNet, BPR, hinge, LambdaRank,
+LambdaLoss) live in `pairwise.py`, the listwise softmax loss in `listwise.py`, and the reduction
+they share (`safe_reduce`), the gains and the ideal DCG in `cascadejax.ops.ranking_utils`.
 All of them are exported from `cascadejax.losses`; docs/losses.md gives every formula and its rax
 counterpart.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 
-ReduceFn = Callable[..., jax.Array] | None
-
-
-def safe_reduce(values: jax.Array, *, where: jax.Array | None = None, reduce_fn: ReduceFn = jnp.mean) -> jax.Array:
-  """Reduces `values` over the entries where `where` is True; 0 when there are none.
-
-  `reduce_fn=None` returns `values` unreduced, with the entries outside `where` set to 0.
-  """
-  if where is not None:
-    values = jnp.where(where, values, 0.0)
-  if reduce_fn is None:
-    return values
-  if reduce_fn is jnp.mean and where is not None:
-    return values.sum() / jnp.maximum(where.sum(), 1)
-  return reduce_fn(values) if where is None else reduce_fn(values, where=where)
+from cascadejax.ops.ranking_utils import ReduceFn, safe_reduce
 
 
 def sigmoid_bce_loss(scores: jax.Array, labels: jax.Array, *, where: jax.Array | None = None,

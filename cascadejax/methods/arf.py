@@ -51,8 +51,8 @@ import jax.numpy as jnp
 
 from cascadejax.data.schema import CascadeBatch
 from cascadejax.methods.base import CascadeMethod
-from cascadejax.methods.common import label_permutation, label_split, list_mean, per_stage_option
-from cascadejax.methods.common import stage_ks_option
+from cascadejax.methods.common import label_permutation, label_split, per_stage_option, stage_ks_option
+from cascadejax.ops.ranking_utils import list_mean
 from cascadejax.ops.soft_sort import neural_sort, soft_sort
 from cascadejax.ops.soft_topk import split_mass
 
@@ -82,7 +82,7 @@ def permutation_cross_entropy(perm: jax.Array, target: jax.Array, rows: jax.Arra
   if per_item:
     n = (target.sum(-2) > 0).sum(-1, keepdims=True)
     per_row = per_row / jnp.maximum(n, 1)
-  return list_mean(per_row, rows)
+  return list_mean(per_row, where=rows)
 
 
 class ARF(CascadeMethod):
@@ -142,7 +142,7 @@ class ARF(CascadeMethod):
       if self.options["top_mass"] == "mean":
         top = top / m
       per_item = -y_top * jnp.log(top + eps)
-    return list_mean(per_item, selecting), top
+    return list_mean(per_item, where=selecting), top
 
   def loss(self, params, stage_scores: jax.Array, batch: CascadeBatch, *, rng: jax.Array):
     """The ARF loss; aux holds every stage's L_relax, L_global, stage total, w_s and the ground
@@ -164,7 +164,7 @@ class ARF(CascadeMethod):
       term, mass = self.relax_term(perm, m, y_top, y_rest, where & (count > m))
       relax.append(term)
       glob.append(permutation_cross_entropy(perm, target, rows, eps=eps, per_item=per_item))
-      aux[f"soft_recall/{name}"] = list_mean(mass, (y_top > 0.5) & (count > m))
+      aux[f"soft_recall/{name}"] = list_mean(mass, where=(y_top > 0.5) & (count > m))
     relax, glob = jnp.stack(relax), jnp.stack(glob)
     if self.options["weighting"] == "uncertainty":
       w = params["w"]

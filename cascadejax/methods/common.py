@@ -1,10 +1,9 @@
-"""Pieces shared by the cascade training methods: request-level means, the label order's tie
-structure (targets read from it as the published code reads them), and the parsing of per-stage
-options.
+"""Pieces shared by the cascade training methods: the label order's tie structure (targets read
+from it as the published code reads them) and the parsing of per-stage options.
 
-Means here run over each request's valid candidates, then over the requests that have any, so
-padding and empty requests never count and never produce NaN. Option errors name the config key
-`config.method.<method name>.<option>`.
+The request-level means the methods take (over each request's valid candidates, then over the
+requests that have any: `list_mean`, `safe_reduce`) are in `cascadejax.ops.ranking_utils`. Option
+errors name the config key `config.method.<method name>.<option>`.
 """
 
 from __future__ import annotations
@@ -13,21 +12,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-
-
-def list_mean(values: jax.Array, where: jax.Array) -> jax.Array:
-  """Mean over each list's valid items, then over the lists that have any (0 if none do).
-
-  Args:
-    values: `[..., n]` per-item values.
-    where: `[..., n]` bool, the items that count.
-
-  Returns:
-    A scalar.
-  """
-  per_list = jnp.where(where, values, 0.0).sum(-1) / jnp.maximum(where.sum(-1), 1)
-  has_items = where.any(-1)
-  return jnp.where(has_items, per_list, 0.0).sum() / jnp.maximum(has_items.sum(), 1)
 
 
 def label_ties(labels: jax.Array, *, where: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -69,9 +69,10 @@ import jax.numpy as jnp
 from cascadejax.data.schema import CascadeBatch
 from cascadejax.methods.base import CascadeMethod
 from cascadejax.methods.common import per_stage_option
-from cascadejax.losses.pairwise import ideal_dcg, lambdaloss, lambdarank_loss, ranknet_loss
+from cascadejax.losses.pairwise import lambdaloss, lambdarank_loss, ranknet_loss
 from cascadejax.ops.selection import ground_truth
 from cascadejax.ops.lambdarank import PairSpec, tiled_pairwise_loss
+from cascadejax.ops.ranking_utils import normalize_by_ideal_dcg, safe_reduce, valid_lists
 
 
 def relabel(stage: jax.Array, num_stages: int, positive: jax.Array | None = None) -> jax.Array:
@@ -236,8 +237,7 @@ def smooth_lambda_loss(scores: jax.Array, labels: jax.Array, *, where: jax.Array
   Returns:
     `[...]` per-list losses.
   """
-  best = ideal_dcg(labels, where=where)[..., None]
-  gains = labels / jnp.where(best > 0, best, 1.0)
+  gains = normalize_by_ideal_dcg(labels, where=where, positive_only=True)
   spec = PairSpec(lambdarank=float(smooth_fraction), ndcg2=1.0 - float(smooth_fraction), topn=topn,
                   topn_rule="mask")
   return 2.0 * tiled_pairwise_loss(scores, labels, where=where, gains=gains, spec=spec)
@@ -274,8 +274,7 @@ class FSLambdaLoss(_FullStageLTR):
     y = batch.label if o["labels"] == "label" else labels
     if o["scheme"] == "smooth":
       per_list = smooth_lambda_loss(scores, y, where=where, topn=o["topn"], smooth_fraction=o["smooth_fraction"])
-      used = where.any(-1)
-      return jnp.where(used, per_list, 0.0).sum() / jnp.maximum(used.sum(), 1), {}
+      return safe_reduce(per_list, where=valid_lists(where)), {}
     if o["scheme"] == "lambdarank":
       return lambdarank_loss(scores, y, where=where, topn=o["topn"]), {}
     return lambdaloss(scores, y, where=where, topn=o["topn"], scheme=o["scheme"], mu=float(o["mu"])), {}

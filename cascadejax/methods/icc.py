@@ -64,6 +64,7 @@ from cascadejax.data.schema import CascadeBatch
 from cascadejax.methods.base import CascadeMethod
 from cascadejax.methods.common import per_stage_option, stage_ks_option
 from cascadejax.losses.pairwise import hinge_loss, lambdaloss, lambdarank_loss, ranknet_loss
+from cascadejax.ops.ranking_utils import safe_reduce, valid_lists
 from cascadejax.ops.selection import ground_truth
 
 SCORE_TYPES = ("independent", "full", "weak")
@@ -95,7 +96,7 @@ def slot_pair_bce(scores: jax.Array, labels: jax.Array, *, where: jax.Array) -> 
   per_list = jnp.where(pairs, jax.nn.softplus(jnp.where(better, -gap, gap)), 0.0).sum((-2, -1))
   m = where.sum(-1)
   per_list = per_list / jnp.maximum(m * m, 1).astype(per_list.dtype)
-  return jnp.where(m > 0, per_list, 0.0).sum() / jnp.maximum((m > 0).sum(), 1)
+  return safe_reduce(per_list, where=valid_lists(where))
 
 
 def kth_score(scores: jax.Array, k: int, *, where: jax.Array, midpoint: bool = False) -> jax.Array:
@@ -204,6 +205,5 @@ class ICC(CascadeMethod):
     passed = jax.lax.stop_gradient(jnp.cumprod(gates, axis=0))
     gated = self.num_stages if self.options["gate_last"] else self.num_stages - 1
     for j in range(gated):
-      aux[f"soft_recall/{self.stage_names[j]}"] = (
-          jnp.sum(jnp.where(truth, passed[j], 0.0)) / jnp.maximum(truth.sum(), 1))
+      aux[f"soft_recall/{self.stage_names[j]}"] = safe_reduce(passed[j], where=truth)
     return total, aux

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 from cascadejax.data.schema import CascadeBatch
 from cascadejax.methods.base import CascadeMethod
 from cascadejax.methods.common import label_split, per_stage_option, stage_ks_option
-from cascadejax.methods.common import list_mean as _list_mean
+from cascadejax.ops.ranking_utils import list_mean
 from cascadejax.ops.soft_sort import neural_sort, soft_sort
 from cascadejax.ops.soft_topk import METHODS as TOPK_METHODS
 from cascadejax.ops.soft_topk import soft_topk, split_mass
@@ -129,10 +129,10 @@ class LCRON(CascadeMethod):
       negative_survives = 1.0 - jnp.prod(1.0 - rest_j, axis=0)
     else:
       negative_survives = 1.0 - survive
-    joint = _list_mean(-y_top * jnp.log(survive + eps)
-                       - jnp.clip(1.0 - y_top, 0.0, 1.0) * jnp.log(negative_survives + eps), where)
+    joint = list_mean(-y_top * jnp.log(survive + eps)
+                      - jnp.clip(1.0 - y_top, 0.0, 1.0) * jnp.log(negative_survives + eps), where=where)
     relax = jnp.stack([
-        _list_mean(-y_top * jnp.log(top[s] + eps) - y_rest * jnp.log(rest[s] + eps), where & (count > k))
+        list_mean(-y_top * jnp.log(top[s] + eps) - y_rest * jnp.log(rest[s] + eps), where=where & (count > k))
         for s, k in enumerate(self.relax_k)])
     aux = {"loss/joint": joint}
     if self.options["weighting"] == "uncertainty":
@@ -145,6 +145,6 @@ class LCRON(CascadeMethod):
     # How much soft membership the ground truth holds: near the hard recall when the relaxation is
     # sharp, far from it when the temperature is too high for the current score scale.
     truth = y_top > 0.5
-    aux["soft_recall/joint"] = _list_mean(survive, truth)
-    aux.update({f"soft_recall/{n}": _list_mean(top[s], truth) for s, n in enumerate(self.stage_names)})
+    aux["soft_recall/joint"] = list_mean(survive, where=truth)
+    aux.update({f"soft_recall/{n}": list_mean(top[s], where=truth) for s, n in enumerate(self.stage_names)})
     return total, aux

@@ -44,6 +44,7 @@ from cascadejax.data.schema import CascadeBatch
 from cascadejax.methods.base import CascadeMethod
 from cascadejax.methods.common import per_stage_option, stage_ks_option
 from cascadejax.losses.ranking import mse_loss, sigmoid_bce_loss
+from cascadejax.ops.ranking_utils import item_mean, safe_reduce
 from cascadejax.ops.selection import ground_truth, hard_topk
 
 LABELS = ("ground_truth", "exposed", "stage")
@@ -59,12 +60,9 @@ def pair_loss(scores: jax.Array, top: jax.Array, bottom: jax.Array) -> jax.Array
   Returns:
     A scalar: the mean over the lists where both groups are non-empty (0 if there are none).
   """
-  def group_mean(group):
-    return jnp.where(group, scores, 0.0).sum(-1) / jnp.maximum(group.sum(-1), 1)
-
   usable = top.any(-1) & bottom.any(-1)
-  per_list = -jax.nn.log_sigmoid(group_mean(top) - group_mean(bottom))
-  return jnp.where(usable, per_list, 0.0).sum() / jnp.maximum(usable.sum(), 1)
+  per_list = -jax.nn.log_sigmoid(item_mean(scores, where=top) - item_mean(scores, where=bottom))
+  return safe_reduce(per_list, where=usable)
 
 
 class RankFlow(CascadeMethod):

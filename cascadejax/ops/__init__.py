@@ -1,4 +1,6 @@
-"""Differentiable ranking operators: relaxed sorting and soft top-k (`soft_sort`, `soft_topk`)."""
+"""Ranking operators: relaxed sorting and soft top-k (`soft_sort`, `soft_topk`), hard selection
+(`selection`), the pairwise-loss kernel (`lambdarank`) and the shared gains, discounts, DCG, masks
+and list means (`ranking_utils`)."""
 
 from cascadejax.ops.soft_sort import masked_softmax, neural_sort, soft_sort
 from cascadejax.ops.soft_topk import soft_topk

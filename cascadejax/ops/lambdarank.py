@@ -45,7 +45,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cascadejax.ops.pair_sweeps import PairSpec, cyclic_sweep, dcg_discount, rows_sweep
+from cascadejax.ops.pair_sweeps import PairSpec, cyclic_sweep, rows_sweep
+from cascadejax.ops.ranking_utils import log2_discount as dcg_discount, valid_mask   # dcg_discount: the old name
 
 __all__ = ["PairSpec", "count_label_pairs", "dcg_discount", "tiled_pairwise_loss"]
 
@@ -167,7 +168,7 @@ def tiled_pairwise_loss(scores: jax.Array, labels: jax.Array, *, where: jax.Arra
   n = shape[-1]
   dtype = jnp.result_type(scores.dtype, jnp.float32)
   flat = lambda a: jnp.broadcast_to(a, shape).reshape(-1, n)
-  valid = flat(jnp.ones(shape, bool) if where is None else where.astype(bool))
+  valid = flat(valid_mask(where, shape).astype(bool))
   clean = lambda a: jnp.where(valid, flat(a).astype(dtype), 0.0)
   s, y = clean(scores), clean(labels)
   if spec.rank_weighted and gains is None:
@@ -203,7 +204,7 @@ def count_label_pairs(labels: jax.Array, *, where: jax.Array | None = None) -> j
   Returns:
     `[...]` int32 counts.
   """
-  valid = jnp.ones(labels.shape, bool) if where is None else jnp.broadcast_to(where, labels.shape)
+  valid = valid_mask(where, labels.shape)
   y = jnp.where(valid, labels, 0)
   _, ys = lax.sort((~valid, y), dimension=y.ndim - 1, num_keys=2)
   k = lax.broadcasted_iota(jnp.int32, ys.shape, ys.ndim - 1)

@@ -15,14 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
-
-def dcg_discount(rank: jax.Array) -> jax.Array:
-  """The DCG position discount 1 / log2(1 + rank) for 1-based ranks."""
-  return 1.0 / jnp.log2(rank + 1.0)
+from cascadejax.ops.ranking_utils import log2_discount, position_discounts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,11 +79,11 @@ def _position_factors(spec, n, dtype):
   """Per-position D(rank) (0 beyond topn) and delta's top-n factors `[n]`: kappa_ij is the worse
   position's factor times the better one's."""
   rank = jnp.arange(1, n + 1, dtype=dtype)
-  disc = dcg_discount(rank)
+  disc = position_discounts(n, dtype=dtype)
   ones = jnp.ones_like(disc)
   if spec.topn is None:
     return disc, ones, ones
-  cut = jnp.where(rank <= spec.topn, disc, 0.0)
+  cut = position_discounts(n, topn=spec.topn, dtype=dtype)
   if spec.topn_rule == "mask":
     return cut, ones, (rank <= spec.topn).astype(dtype)
   if spec.topn_rule != "kappa":
@@ -124,7 +120,7 @@ def cyclic_sweep(spec, s, y, g, c, nv, *, loss_mode, want_grad, unroll):
       if spec.lambdarank:
         parts = spec.lambdarank * jnp.abs(disc - at(disc2))
       if spec.ndcg2:
-        gap = lambda k: jnp.abs(dcg_discount(k) - dcg_discount(k + 1.0))
+        gap = lambda k: jnp.abs(log2_discount(k) - log2_discount(k + 1.0))
         fwd, back = gap(d.astype(s.dtype)), gap((n - d).astype(s.dtype))
         parts = parts + spec.ndcg2 * jnp.where(wrapped, back * worse * at(better2), fwd * at(worse2) * better)
       lam = spec.scale * jnp.abs(g - at(g2)) * parts
@@ -174,7 +170,7 @@ def rows_sweep(spec, s, y, g, c, nv, *, rows, loss_mode, want_grad):
       parts = spec.lambdarank * jnp.abs(disc[:k, None] - disc[None, :])
     if spec.ndcg2:   # rank gap q - p; the worse rank is q's
       gap = (q - p).astype(s.dtype)
-      delta = jnp.abs(dcg_discount(gap) - dcg_discount(gap + 1.0))
+      delta = jnp.abs(log2_discount(gap) - log2_discount(gap + 1.0))
       parts = parts + spec.ndcg2 * delta * worse[None, :] * better[:k, None]
     lam = spec.scale * jnp.abs(row(g) - col(g)) * parts
   if c is not None:

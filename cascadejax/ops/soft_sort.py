@@ -14,11 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-
-def _valid(scores: jax.Array, where: jax.Array | None) -> jax.Array:
-  if where is None:
-    return jnp.ones(scores.shape, bool)
-  return jnp.broadcast_to(where, scores.shape)
+from cascadejax.ops.ranking_utils import valid_mask
 
 
 def masked_softmax(logits: jax.Array, where: jax.Array, axis: int = -1) -> jax.Array:
@@ -68,7 +64,7 @@ def neural_sort(scores: jax.Array, *, temperature: float | jax.Array,
   Returns:
     `[..., n, n]` matrix: rows = ranks in descending order, columns = items.
   """
-  valid = _valid(scores, where)
+  valid = valid_mask(where, scores.shape)
   s = jnp.where(valid, scores, 0.0)
   m = valid.sum(-1, keepdims=True).astype(s.dtype)  # [..., 1]
   pair = valid[..., :, None] & valid[..., None, :]
@@ -97,7 +93,7 @@ def soft_sort(scores: jax.Array, *, temperature: float | jax.Array,
   Returns:
     `[..., n, n]` matrix: rows = ranks in descending order, columns = items.
   """
-  valid = _valid(scores, where)
+  valid = valid_mask(where, scores.shape)
   s = jnp.where(valid, scores, 0.0)
   rows = _rank_rows(valid)
   # Padding sorts last; its rows are replaced before any arithmetic so no infinity reaches a gradient.

@@ -26,6 +26,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from cascadejax.ops.ranking_utils import valid_mask
 from cascadejax.ops.soft_sort import neural_sort, soft_sort
 
 METHODS = ("neural_sort", "soft_sort", "threshold")
@@ -130,7 +131,7 @@ def soft_topk(scores: jax.Array, k: int | jax.Array, *, where: jax.Array | None 
     raise ValueError(f"soft_topk: unknown method {method!r}; available: {METHODS}")
   if not float(temperature) > 0:  # also rejects NaN
     raise ValueError(f"soft_topk: temperature must be positive, got {temperature!r}")
-  valid = jnp.ones(scores.shape, bool) if where is None else jnp.broadcast_to(where, scores.shape)
+  valid = valid_mask(where, scores.shape)
   k = jnp.asarray(k)
   if method == "threshold":
     k = jnp.broadcast_to(k[..., None] if k.ndim else k, scores.shape[:-1] + (1,))
