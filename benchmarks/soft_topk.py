@@ -25,7 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-METHODS = ("neural_sort", "soft_sort", "threshold")
+from cascadejax.ops.soft_topk import TOPK_OPERATORS
 
 
 def run_case(method: str, n: int, batch: int, iters: int) -> dict:
@@ -84,7 +84,7 @@ def main() -> None:
   print("|---|---|---|---|---|---|")
   for n in (int(x) for x in args.sizes.split(",")):
     rows = {}
-    for method in METHODS:
+    for method in TOPK_OPERATORS:
       matrix = args.batch * n * n * 4
       if method != "threshold" and matrix > limit:
         rows[method] = f"not run: one [B, n, n] matrix is {matrix / 2**30:.0f} GB"

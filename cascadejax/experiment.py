@@ -200,7 +200,7 @@ class Experiment:
 
     def step(params, batch: CascadeBatch):
       scores = self.cascade.apply({"params": params}, batch.user, batch.items).scores
-      return metrics.evaluate(scores, batch, ks=self.cascade.ks, gt_num=self.sections.cascade.gt_num,
+      return metrics.batch_metrics(scores, batch, ks=self.cascade.ks, gt_num=self.sections.cascade.gt_num,
                               stage_names=self.stage_names)
 
     return self._in_mesh(jax.jit(step, in_shardings=(self.state_sharding.params["cascade"], self._batch_sharding),

@@ -94,7 +94,7 @@ def random_ndcg(labels: jax.Array, *, where: jax.Array, topn: int | None = None,
   return _over_lists(_ratio(expected, ideal_dcg(gains, where=where, topn=topn)), valid_lists(where), reduce_fn)
 
 
-def evaluate(stage_scores: jax.Array, batch: CascadeBatch, *, ks: Sequence[int], gt_num: int,
+def batch_metrics(stage_scores: jax.Array, batch: CascadeBatch, *, ks: Sequence[int], gt_num: int,
              stage_names: Sequence[str]) -> dict[str, tuple[jax.Array, jax.Array]]:
   """All evaluation metrics of one batch, as `name -> (sum over lists, number of lists)`.
 
@@ -171,13 +171,13 @@ def shown_list_metrics(order: jax.Array, valid: jax.Array, batch: CascadeBatch, 
 
 
 class MetricSums:
-  """Accumulates `evaluate` outputs over batches (on device, without syncing) into means."""
+  """Accumulates `batch_metrics` outputs over batches (on device, without syncing) into means."""
 
   def __init__(self):
     self._sums: dict[str, tuple[jax.Array, jax.Array]] = {}
 
   def add(self, batch_sums: dict[str, tuple[jax.Array, jax.Array]]) -> None:
-    """Adds one batch's `evaluate` output."""
+    """Adds one batch's `batch_metrics` output."""
     for k, (s, c) in batch_sums.items():
       s0, c0 = self._sums.get(k, (0.0, 0.0))
       self._sums[k] = (s0 + s, c0 + c)

@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 from ml_collections import ConfigDict
 from tqdm import tqdm
 
-from cascadejax import configuration, mesh as mesh_lib
+from cascadejax import configuration, mesh as mesh_lib, workdir as workdir_lib
 from cascadejax.checkpoint import Checkpointer
 from cascadejax.data import pipeline
 from cascadejax.experiment import Experiment, TrainState
@@ -85,8 +85,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, mesh: Mesh | None = 
   configuration.validate(config)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
-  if os.path.exists(os.path.join(workdir, "config.json")):
-    for key in configuration.check_resumable(configuration.load(workdir), config, workdir):
+  saved = workdir_lib.saved_config(workdir)
+  if saved is not None:
+    for key in configuration.check_resumable(saved, config, workdir):
       logging.warning("resuming with a changed config.%s", key)
 
   # ---- experiment: mesh, data, model and optimizer, sharding, jitted steps ----

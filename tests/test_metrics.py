@@ -1,4 +1,4 @@
-"""Cascade metrics against rax, brute-force NumPy, exact enumeration and Monte Carlo; `evaluate`'s
+"""Cascade metrics against rax, brute-force NumPy, exact enumeration and Monte Carlo; `batch_metrics`'s
 (sum, count) pairs and their accumulation across batches; no NaN from empty (all-masked) lists."""
 
 import itertools
@@ -10,7 +10,7 @@ import pytest
 import rax
 
 from cascadejax.data.schema import CascadeBatch
-from cascadejax.metrics import (MetricSums, cascade_recall, evaluate, ground_truth, ndcg, random_ndcg,
+from cascadejax.metrics import (MetricSums, cascade_recall, batch_metrics, ground_truth, ndcg, random_ndcg,
                                 random_recall, recall_at_k)
 
 
@@ -162,7 +162,7 @@ def test_all_masked_lists_are_excluded_and_never_nan():
       if w.any():
         assert mean > 0, name  # the empty list did not drag the mean down by being counted
   batch = _batch(labels, np.zeros_like(where))
-  out = evaluate(jnp.asarray(stage_scores), batch, ks=(4, 2), gt_num=2, stage_names=("a", "b"))
+  out = batch_metrics(jnp.asarray(stage_scores), batch, ks=(4, 2), gt_num=2, stage_names=("a", "b"))
   for name, (s, c) in out.items():
     assert float(s) == 0.0 and float(c) == 0.0, name
   acc = MetricSums()
@@ -215,7 +215,7 @@ def test_random_ndcg_is_the_exact_expectation_over_permutations(topn):
                              np.mean(exact), atol=1e-5)
 
 
-# ----------------------------------------------------------------------------- evaluate / MetricSums
+# ----------------------------------------------------------------------------- batch_metrics / MetricSums
 
 def _batch(labels, where):
   b, n = np.shape(labels)
@@ -233,10 +233,10 @@ def _eval_inputs():
   return jnp.asarray(stage_scores), labels, where
 
 
-def test_evaluate_names_and_values():
+def test_batch_metrics_names_and_values():
   """Every name present; each (sum, count) mean equals the standalone metric over non-empty lists."""
   stage_scores, labels, where = _eval_inputs()
-  out = evaluate(stage_scores, _batch(labels, where), ks=KS, gt_num=GT, stage_names=NAMES)
+  out = batch_metrics(stage_scores, _batch(labels, where), ks=KS, gt_num=GT, stage_names=NAMES)
   want_names = {"recall_e2e", "recall_e2e_random"}
   for name, k in zip(NAMES, KS):
     want_names |= {f"{name}/recall@{GT}@{k}", f"{name}/recall@{GT}@{k}_random", f"{name}/ndcg@{k}",
@@ -272,10 +272,10 @@ def test_metric_sums_accumulate_to_whole_batch_means(split):
   batch = _batch(labels, where)
   kw = dict(ks=KS, gt_num=GT, stage_names=NAMES)
   whole = MetricSums()
-  whole.add(evaluate(stage_scores, batch, **kw))
+  whole.add(batch_metrics(stage_scores, batch, **kw))
   parts = MetricSums()
   for rows in (slice(0, split), slice(split, None)):
-    parts.add(evaluate(stage_scores[:, rows], batch.take(rows), **kw))
+    parts.add(batch_metrics(stage_scores[:, rows], batch.take(rows), **kw))
   w, p = whole.means(), parts.means()
   assert set(w) == set(p)
   for name in w:

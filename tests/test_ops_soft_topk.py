@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from cascadejax.ops import neural_sort, soft_sort, soft_topk
-
-METHODS = ("neural_sort", "soft_sort", "threshold")
+from cascadejax.ops.soft_topk import TOPK_OPERATORS
 
 
 def _softmax(x):
@@ -82,7 +81,7 @@ def _brute_threshold(s, k, tau):
   return 1 / (1 + np.exp(-(s - (lo + hi) / 2) / tau))
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", TOPK_OPERATORS)
 @pytest.mark.parametrize("k", [1, 2, 3, 5])
 def test_soft_topk_matches_brute_force(method, k):
   s, where = _random_lists(2)
@@ -101,7 +100,7 @@ def test_soft_topk_matches_brute_force(method, k):
     assert np.all(got[b, ~where[b]] == 0)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", TOPK_OPERATORS)
 def test_soft_topk_tends_to_hard_topk(method):
   s, where = _random_lists(3, shape=(5, 8))
   for k in range(0, 10):
@@ -128,7 +127,7 @@ def test_threshold_sums_to_k_and_its_implicit_gradient_matches_finite_difference
   np.testing.assert_allclose(jac, num, atol=1e-3)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", TOPK_OPERATORS)
 def test_gradients_are_finite_for_ties_masks_and_empty_lists(method):
   scores = jnp.array([[1.0, 1.0, 1.0, 0.0, 2.0],   # ties
                       [0.5, -0.5, 3.0, 0.0, 0.0],  # padding
@@ -149,7 +148,7 @@ def test_gradients_are_finite_for_ties_masks_and_empty_lists(method):
   np.testing.assert_allclose(np.asarray(p)[0, :3], np.asarray(p)[0, 0])  # tied items, equal values
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", TOPK_OPERATORS)
 def test_leading_dims_vmap_and_per_list_k(method):
   s, where = _random_lists(5, shape=(2, 3, 6))
   kw = dict(method=method, temperature=0.5)

@@ -30,7 +30,7 @@ rank_pos), N = 40; for three (prerank_neg, coarse_neg, rank_neg, rerank_neg, rer
 Clicks (and the opt-in likes and long views) are drawn as in the default layout, on the deepest group
 only. `config.data.min_candidates` is not used. With `config.data.label_values = "reference"` the
 labels are the LCRON authors' loader values instead, as the RecFlow reader gives them
-(`recflow.reference_labels`: 30 - position in the deepest group; 8, 7, 6, 5 for rerank_neg,
+(`recflow_config.reference_labels`: 30 - position in the deepest group; 8, 7, 6, 5 for rerank_neg,
 rank_neg, coarse_neg, prerank_neg): the same order, other values. `DEFAULTS` holds a setting per cascade depth and
 `configure` applies it.
 
@@ -44,7 +44,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from cascadejax.data import recflow
+from cascadejax.data import recflow_config
 from cascadejax.data.schema import CascadeBatch
 from cascadejax.data.synthetic_world import (World, draw_requests, extra_feedback, id_features,
                                        teacher_views, upstream_candidates)
@@ -90,10 +90,10 @@ def check_layout(cfg: ConfigDict, num_stages: int) -> None:
     num_stages: S, the number of stages of the cascade trained on the logs.
   """
   s, m = num_stages, per_group(cfg)
-  if cfg.get("label_values", "graded") == "reference" and s not in recflow.DEFAULT_GROUPS:
+  if cfg.get("label_values", "graded") == "reference" and s not in recflow_config.DEFAULT_GROUPS:
     raise ValueError(f"config.data.label_values='reference' needs RecFlow's groups of a 2- or 3-stage "
                      f"cascade, not {s} stages")
-  recflow.check_label_values(cfg, recflow.DEFAULT_GROUPS.get(s, ()))
+  recflow_config.check_label_values(cfg, recflow_config.DEFAULT_GROUPS.get(s, ()))
   ks, noise = tuple(cfg.production.ks), tuple(cfg.production.noise)
   for key, values in (("ks", ks), ("noise", noise)):
     if len(values) != s + 1:
@@ -149,7 +149,7 @@ def _log_chunk(cfg: ConfigDict, world: World, rng: np.random.Generator, feedback
     pick = np.argsort(rng.random(members.shape, dtype=np.float32), axis=1)[:, :m]  # uniform subset
     slots.append(np.take_along_axis(members, pick, 1))
     if cfg.get("label_values", "graded") == "reference":   # the LCRON authors' loader values
-      labels.append(recflow.reference_labels(np.full(pick.shape, d), pick, recflow.DEFAULT_GROUPS[num_stages]))
+      labels.append(recflow_config.reference_labels(np.full(pick.shape, d), pick, recflow_config.DEFAULT_GROUPS[num_stages]))
     else:
       labels.append(d + 1.0 / (2.0 + pick) if d == deepest else np.full(pick.shape, float(d)))
   depth = np.repeat(np.arange(deepest + 1), m)

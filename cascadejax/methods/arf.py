@@ -56,7 +56,7 @@ from cascadejax.ops.ranking_utils import list_mean
 from cascadejax.ops.soft_sort import neural_sort, soft_sort
 from cascadejax.ops.soft_topk import split_mass
 
-SORT_METHODS = {"neural_sort": neural_sort, "soft_sort": soft_sort}
+SOFT_SORTS = {"neural_sort": neural_sort, "soft_sort": soft_sort}
 
 
 def permutation_cross_entropy(perm: jax.Array, target: jax.Array, rows: jax.Array, *, eps: float,
@@ -97,8 +97,8 @@ class ARF(CascadeMethod):
   def __init__(self, options, **kwargs):
     super().__init__(options, **kwargs)
     o, key = self.options, f"config.method.{self.name}"
-    if o["sort_method"] not in SORT_METHODS:
-      raise ValueError(f"{key}.sort_method: {o['sort_method']!r} is not one of {tuple(SORT_METHODS)}")
+    if o["sort_method"] not in SOFT_SORTS:
+      raise ValueError(f"{key}.sort_method: {o['sort_method']!r} is not one of {tuple(SOFT_SORTS)}")
     self.temperatures = per_stage_option(self, "temperature", float)
     if any(not t > 0 for t in self.temperatures):
       raise ValueError(f"{key}.temperature must be positive, got {o['temperature']!r}")
@@ -156,7 +156,7 @@ class ARF(CascadeMethod):
     g = self.options["global_size"]
     rows = (ranks < count) if g == "all" else (ranks < count) & (ranks < g)
     per_item = self.options["global_normaliser"] == "list_size"
-    sort = SORT_METHODS[self.options["sort_method"]]
+    sort = SOFT_SORTS[self.options["sort_method"]]
     relax, glob, aux = [], [], {}
     for s, name in enumerate(self.stage_names):
       perm = sort(stage_scores[s], temperature=self.temperatures[s], where=where)

@@ -52,7 +52,7 @@ from cascadejax.methods.base import CascadeMethod
 from cascadejax.methods.common import label_split, per_stage_option, stage_ks_option
 from cascadejax.ops.ranking_utils import list_mean
 from cascadejax.ops.soft_sort import neural_sort, soft_sort
-from cascadejax.ops.soft_topk import METHODS as TOPK_METHODS
+from cascadejax.ops.soft_topk import TOPK_OPERATORS
 from cascadejax.ops.soft_topk import soft_topk, split_mass
 
 TIE_WEIGHTINGS = ("published", "fraction", "count")
@@ -70,8 +70,8 @@ class LCRON(CascadeMethod):
   def __init__(self, options, **kwargs):
     super().__init__(options, **kwargs)
     o = self.options
-    if o["topk_method"] not in TOPK_METHODS:
-      raise ValueError(f"config.method.lcron.topk_method: {o['topk_method']!r} is not one of {TOPK_METHODS}")
+    if o["topk_method"] not in TOPK_OPERATORS:
+      raise ValueError(f"config.method.lcron.topk_method: {o['topk_method']!r} is not one of {TOPK_OPERATORS}")
     self.temperatures = per_stage_option(self, "temperature", float)
     if any(not t > 0 for t in self.temperatures):
       raise ValueError(f"config.method.lcron.temperature must be positive, got {o['temperature']!r}")

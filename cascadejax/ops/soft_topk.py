@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from cascadejax.ops.ranking_utils import valid_mask
 from cascadejax.ops.soft_sort import neural_sort, soft_sort
 
-METHODS = ("neural_sort", "soft_sort", "threshold")
+TOPK_OPERATORS = ("neural_sort", "soft_sort", "threshold")
 _BISECTION_STEPS = 60
 
 
@@ -127,8 +127,8 @@ def soft_topk(scores: jax.Array, k: int | jax.Array, *, where: jax.Array | None 
     `[..., n]` values in [0, 1]; 0 on padding. Valid items sum to min(k, m) for `"threshold"` and to
     about that for the permutation methods.
   """
-  if method not in METHODS:
-    raise ValueError(f"soft_topk: unknown method {method!r}; available: {METHODS}")
+  if method not in TOPK_OPERATORS:
+    raise ValueError(f"soft_topk: unknown method {method!r}; available: {TOPK_OPERATORS}")
   if not float(temperature) > 0:  # also rejects NaN
     raise ValueError(f"soft_topk: temperature must be positive, got {temperature!r}")
   valid = valid_mask(where, scores.shape)
