@@ -3,7 +3,7 @@
 
 The logs come from three PureSVD teachers of increasing capacity (ranks 4, 16 and 64, noise 0.5,
 0.5 and 0.3 in score standard deviations) on the protocol of `configs/movielens_two_stage.py`
-(cascadejax/data/movielens_cascade.py, docs/data.md): 4 training requests and 1 test request per
+(cascadejax/data/movielens/cascade.py, docs/data.md): 4 training requests and 1 test request per
 user, 200 candidates each, teachers keeping 100, 40 and 10.
 
 Run:

@@ -1,7 +1,7 @@
 """Two-stage cascade on MovieLens-1M cascade logs: two-tower retrieval (200 -> 50) -> MLP pre-ranker (50 -> 10).
 
 The logs are simulated on real MovieLens interactions with the Full Stage LTR protocol
-(cascadejax/data/movielens_cascade.py, docs/data.md): per user, the earliest 60% of interactions
+(cascadejax/data/movielens/cascade.py, docs/data.md): per user, the earliest 60% of interactions
 train two PureSVD teachers (ranks 16 and 64) and form the behaviour history, the next 20% are the
 positives of 4 training requests, the last 20% those of 1 test request. Each request holds 200
 candidates (up to 20 real positives plus popularity-sampled unseen movies); teacher 1 keeps 50,

@@ -10,7 +10,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from cascadejax import data as data_lib, metric_writer, trainer
-from cascadejax.data import movielens, movielens_cascade
+from cascadejax.data import movielens
 from configs import movielens_three_stage, movielens_two_stage
 
 NUM_USERS, NUM_MOVIES = 12, 40
@@ -223,7 +223,7 @@ def test_users_too_short_to_split_are_dropped_and_counted(tmp_path, caplog):
     f.write(f"{NUM_USERS + 1}::F::18::1::00000\n")
   cfg = data_cfg(d, cache_dir=str(tmp_path / "cache"))
   with caplog.at_level("WARNING"):
-    data = movielens_cascade.load(cfg, 2)
+    data = movielens.load(cfg, 2)
   assert "dropped 1 users with fewer than 3 interactions (2 interactions)" in caplog.text
   for b in data.splits.values():
     assert NUM_USERS + 1 not in set(b.user["user_id"].tolist())
@@ -231,25 +231,25 @@ def test_users_too_short_to_split_are_dropped_and_counted(tmp_path, caplog):
   assert data.report["counts"]["rows"] == len(rows)
   caplog.clear()
   with caplog.at_level("WARNING"):  # a cache hit reads nothing, and still says what the build dropped
-    again = movielens_cascade.load(cfg, 2)
+    again = movielens.load(cfg, 2)
   assert again.report == data.report
   assert "built with these rows dropped by documented filters: users_below_3_interactions 1" in caplog.text
 
 
 def test_deterministic_in_the_seed(tmp_path):
   cfg = data_cfg(write_1m(tmp_path))
-  a, b = movielens_cascade.load(cfg, 2), movielens_cascade.load(cfg, 2)
+  a, b = movielens.load(cfg, 2), movielens.load(cfg, 2)
   for x, y in zip(jax.tree.leaves(a.splits), jax.tree.leaves(b.splits)):
     np.testing.assert_array_equal(x, y)
   cfg.seed = 1
-  c = movielens_cascade.load(cfg, 2)
+  c = movielens.load(cfg, 2)
   assert not np.array_equal(a.splits["train"].items["item_id"], c.splits["train"].items["item_id"])
 
 
 def test_teacher_svd_matches_numpy_and_capacity_orders_fit():
   rng = np.random.default_rng(0)
   x = (rng.random((30, 12)) < 0.3).astype(float)
-  p, q = movielens_cascade.fit_teachers(*np.nonzero(x), x.shape, 5, rng)
+  p, q = movielens.fit_teachers(*np.nonzero(x), x.shape, 5, rng)
   u, s, vt = np.linalg.svd(x)
   np.testing.assert_allclose(np.linalg.norm(p, axis=0), s[:5], rtol=1e-4)  # |U S| columns = singular values
   np.testing.assert_allclose(p @ q.T, (u[:, :5] * s[:5]) @ vt[:5], atol=1e-4)  # the best rank-5 fit
@@ -258,7 +258,7 @@ def test_teacher_svd_matches_numpy_and_capacity_orders_fit():
   # A large matrix of exact rank 3 (users of 3 tastes, each taking its own movie block) is recovered.
   taste, block = rng.integers(0, 3, 500), rng.integers(0, 3, 300)
   x = (taste[:, None] == block[None, :]).astype(float)
-  p, q = movielens_cascade.fit_teachers(*np.nonzero(x), x.shape, 3, rng)
+  p, q = movielens.fit_teachers(*np.nonzero(x), x.shape, 3, rng)
   np.testing.assert_allclose(p @ q.T, x, atol=1e-4)
 
 
@@ -266,17 +266,17 @@ def test_cache_builds_once_and_notices_changed_files(tmp_path, monkeypatch):
   d = write_1m(tmp_path / "data")
   cfg = data_cfg(d, cache_dir=str(tmp_path / "cache"))
   calls = []
-  real = movielens.read
-  monkeypatch.setattr(movielens, "read", lambda *a, **k: calls.append(1) or real(*a, **k))
-  first = movielens_cascade.load(cfg, 2)
-  second = movielens_cascade.load(cfg, 2)
+  real = movielens.ratings.read  # what movielens.load calls
+  monkeypatch.setattr(movielens.ratings, "read", lambda *a, **k: calls.append(1) or real(*a, **k))
+  first = movielens.load(cfg, 2)
+  second = movielens.load(cfg, 2)
   assert len(calls) == 1 and isinstance(second.splits["train"].label, np.memmap)
   np.testing.assert_array_equal(first.splits["test"].label, second.splits["test"].label)
   with open(os.path.join(d, "ratings.dat"), "a") as f:
     f.write("3::40::5::1\n")
-  movielens_cascade.load(cfg, 2)
+  movielens.load(cfg, 2)
   cfg.label_mode = "user"
-  movielens_cascade.load(cfg, 2)
+  movielens.load(cfg, 2)
   assert len(calls) == 3
 
 
@@ -296,13 +296,13 @@ CONFIG_ERRORS = [
 def test_config_errors_name_the_key_before_reading(tmp_path, overrides, message):
   cfg = data_cfg(tmp_path / "missing", **overrides)  # no files: the check comes first
   with pytest.raises(ValueError, match=message):
-    movielens_cascade.load(cfg, 2)
+    movielens.load(cfg, 2)
 
 
 def test_shipped_configs_need_no_data_to_validate():
   for module, stages in ((movielens_two_stage, 2), (movielens_three_stage, 3)):
     c = module.get_config()
-    movielens_cascade.check_config(c.data, stages)
+    movielens.check_config(c.data, stages)
     assert tuple(c.data.production.ks) == tuple(c.cascade[s].k for s in c.cascade.stages)
 
 
@@ -332,7 +332,7 @@ def test_real_movielens_100k():
   assert ml.counts == {"rows": 100_000, "users": 943, "items": 1682, "interactions": 100_000}
   cfg = data_cfg(REAL_100K, label_mode="user", list_size=50, positives_per_request=5, requests_per_user=1)
   cfg.production.ks, cfg.production.dims, cfg.production.noise = (20, 5), (8, 32), (0.0, 0.0)
-  data = movielens_cascade.simulate(ml, cfg, 2)
+  data = movielens.simulate(ml, cfg, 2)
   test = data.splits["test"]
   assert test.batch_size == 943 and test.mask.all()
   positive = test.label >= 3

@@ -11,7 +11,7 @@ pytest.importorskip("pyarrow")
 import pyarrow.feather as feather  # noqa: E402
 
 from cascadejax import data as data_lib, metric_writer, trainer  # noqa: E402
-from cascadejax.data import recflow, recflow_config  # noqa: E402
+from cascadejax.data import recflow  # noqa: E402
 from cascadejax.experiment import Experiment  # noqa: E402
 from configs.reference import recflow_three_stage, recflow_two_stage  # noqa: E402
 from tests.data_recflow_helpers import ID_CNT, data_config, random_day  # noqa: E402
@@ -45,7 +45,7 @@ def test_requests_stages_labels_features_and_history_by_hand(hand):
                              [0, 1, 2, 3 + 1 / 3, 3 + 1 / 2], rtol=1e-6)
   assert train.feedback["effective_view"][0, slot[14]] == 1 and train.feedback["like"][0, slot[14]] == 1
   assert train.feedback["effective_view"][0].sum() == 1
-  assert set(train.feedback) == set(recflow_config.BINARY_FEEDBACK) - {"realshow"}
+  assert set(train.feedback) == set(recflow.BINARY_FEEDBACK) - {"realshow"}
   assert train.items["author_id"][0, slot[13]] == 13 % 50 + 1 and train.items["upload_type"][0, slot[12]] == 12 % 5 + 1
   assert train.user["user_id"].tolist() == [2, 6] and train.user["province"].tolist() == [5, 10]
   assert train.user["request_hour"].tolist() == [11, 11] and train.user["request_wday"].tolist() == [6, 6]
@@ -110,7 +110,7 @@ def test_three_stages_use_the_rerank_groups_and_deepest_flag(tmp_path):
   table = feather.read_table(str(tmp_path / "all_stage" / "2024-01-13.feather")).to_pydict()
   row_of = {(rid, v): j for j, (rid, v) in enumerate(zip(table["request_id"], table["video_id"]))}
   ids = data_lib.load(cfg, 3).request_ids["train"]
-  for batch, groups in ((three, cfg.groups), (two, recflow_config.DEFAULT_GROUPS[2])):
+  for batch, groups in ((three, cfg.groups), (two, recflow.DEFAULT_GROUPS[2])):
     for r in range(batch.batch_size):
       for v, i in _by_video(batch, r).items():
         row = row_of[(int(ids[r]), v)]
@@ -152,6 +152,6 @@ def test_trains_end_to_end_on_tiny_files_and_reuses_the_cache(tmp_path, monkeypa
   final = [r for r in metric_writer.read(str(tmp_path / "run")) if r.get("final")][0]
   assert final["step"] == 6 and 0.0 <= final["recall_e2e"] <= 1.0
   assert len([d for d in os.listdir(tmp_path / "cache") if d.startswith("recflow-")]) == 1
-  monkeypatch.setattr(recflow, "build", lambda *a: pytest.fail("the second load should hit the cache"))
+  monkeypatch.setattr(recflow.reader, "build", lambda *a: pytest.fail("the second load should hit the cache"))
   again = data_lib.load(c.data, 2)
   assert isinstance(again.splits["train"].label, np.memmap)

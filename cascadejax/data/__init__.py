@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 from ml_collections import ConfigDict
 
-from cascadejax.data import movielens_cascade, recflow, recflow_config, synthetic
+from cascadejax.data import movielens, recflow, synthetic
 from cascadejax.data.schema import CascadeBatch, CascadeData, FeatureSpec, validate
 from cascadejax.sections import Section
 
-READERS = {"synthetic": synthetic.load, "movielens": movielens_cascade.load, "recflow": recflow.load}
-CHECKS = {"synthetic": synthetic.check_config, "movielens": movielens_cascade.check_config,
-          "recflow": recflow_config.check_config}  # each reader's own checks of its keys, before any file is read
+READERS = {"synthetic": synthetic.load, "movielens": movielens.load, "recflow": recflow.load}
+CHECKS = {"synthetic": synthetic.check_config, "movielens": movielens.check_config,
+          "recflow": recflow.check_config}  # each reader's own checks of its keys, before any file is read
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ can be studied without downloading RecFlow:
    uniformly without replacement, and the N = per_group * (S + 2) slots are put in a random order per
    request; nothing is padded (`mask` is all True).
 
-Like RecFlow's reader (`cascadejax/data/recflow.py`), a candidate of group index d gets
+Like RecFlow's reader (`cascadejax/data/recflow/`), a candidate of group index d gets
 
     stage = min(d, S)
     label = d + 1 / (2 + position)   in the deepest group, position = its 0-based rank by the last
@@ -30,7 +30,7 @@ rank_pos), N = 40; for three (prerank_neg, coarse_neg, rank_neg, rerank_neg, rer
 Clicks (and the opt-in likes and long views) are drawn as in the default layout, on the deepest group
 only. `config.data.min_candidates` is not used. With `config.data.label_values = "reference"` the
 labels are the LCRON authors' loader values instead, as the RecFlow reader gives them
-(`recflow_config.reference_labels`: 30 - position in the deepest group; 8, 7, 6, 5 for rerank_neg,
+(`recflow.config.reference_labels`: 30 - position in the deepest group; 8, 7, 6, 5 for rerank_neg,
 rank_neg, coarse_neg, prerank_neg): the same order, other values. `DEFAULTS` holds a setting per cascade depth and
 `configure` applies it.
 
@@ -44,7 +44,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from cascadejax.data import recflow_config
+from cascadejax.data.recflow import config as recflow_config
 from cascadejax.data.schema import CascadeBatch
 from cascadejax.data.synthetic_world import (World, draw_requests, extra_feedback, id_features,
                                        teacher_views, upstream_candidates)

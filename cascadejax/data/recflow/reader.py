@@ -57,10 +57,10 @@ from absl import logging
 from ml_collections import ConfigDict
 
 from cascadejax.data import cache
-from cascadejax.data import recflow_files as files
-from cascadejax.data.recflow_config import (BINARY_FEEDBACK, CONTEXT_FIELDS, POSITION, check_config, day_range,
+from cascadejax.data.recflow import files
+from cascadejax.data.recflow.config import (BINARY_FEEDBACK, CONTEXT_FIELDS, POSITION, check_config, day_range,
                                            groups, reference_labels)
-from cascadejax.data.recflow_history import history_name, read_history
+from cascadejax.data.recflow.history import history_name, read_history
 from cascadejax.data.schema import CascadeBatch, CascadeData, FeatureSpec
 
 FORMAT_VERSION = 1  # of this reader's output; part of the cache key

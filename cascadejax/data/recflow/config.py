@@ -16,7 +16,7 @@ import datetime
 import numpy as np
 from ml_collections import ConfigDict
 
-from cascadejax.data.recflow_history import HISTORY_COLUMNS
+from cascadejax.data.recflow.history import HISTORY_COLUMNS
 
 GROUPS = ("prerank_neg", "coarse_neg", "rank_neg", "rank_pos", "rerank_neg", "rerank_pos", "realshow")
 POSITION = {"rank_pos": "rank_index", "rank_neg": "rank_index", "rerank_pos": "rerank_index",

@@ -43,7 +43,8 @@ import scipy.sparse
 from absl import logging
 from ml_collections import ConfigDict
 
-from cascadejax.data import cache, movielens
+from cascadejax.data import cache
+from cascadejax.data.movielens import ratings
 from cascadejax.data.schema import CascadeBatch, CascadeData, FeatureSpec
 
 FORMAT_VERSION = 1  # of this simulation; bump when its output changes
@@ -86,7 +87,7 @@ def check_config(cfg: ConfigDict, num_stages: int) -> None:
     raise ValueError(f"config.data.duplicates: {cfg.duplicates!r} is not 'error' or 'merge'")
 
 
-def split_segments(ml: movielens.MovieLens, cfg: ConfigDict, rng: np.random.Generator):
+def split_segments(ml: ratings.MovieLens, cfg: ConfigDict, rng: np.random.Generator):
   """Per-interaction segment (0 past, 1 train, 2 test; -1 for dropped users) and time rank.
 
   Returns:
@@ -225,7 +226,7 @@ def _requests(ml, per_user, users, split, cfg, teachers, num_stages, rng) -> Cas
                       feedback={"click": click})
 
 
-def features(ml: movielens.MovieLens, cfg: ConfigDict) -> tuple[FeatureSpec, ...]:
+def features(ml: ratings.MovieLens, cfg: ConfigDict) -> tuple[FeatureSpec, ...]:
   """The id features of the simulated logs (side features only where the files have them)."""
   num_items = len(ml.item_ids) + 1
   specs = [FeatureSpec("user_id", "user", "user_id", len(ml.user_ids) + 1)]
@@ -237,7 +238,7 @@ def features(ml: movielens.MovieLens, cfg: ConfigDict) -> tuple[FeatureSpec, ...
   return tuple(specs)
 
 
-def simulate(ml: movielens.MovieLens, cfg: ConfigDict, num_stages: int) -> CascadeData:
+def simulate(ml: ratings.MovieLens, cfg: ConfigDict, num_stages: int) -> CascadeData:
   """The whole protocol of the module docstring on already-read interactions."""
   order_rng, svd_rng, teacher_rng, train_rng, test_rng = (
       np.random.default_rng(s) for s in np.random.SeedSequence(cfg.seed).spawn(5))
@@ -274,14 +275,14 @@ def load(cfg: ConfigDict, num_stages: int) -> CascadeData:
     `CascadeData` with splits "train" and "test" (disjoint positives, see the module docstring).
   """
   check_config(cfg, num_stages)
-  directory = movielens.resolve_dir(cfg.dir)
-  files = [f for f in movielens.source_files(directory, cfg.interactions).values() if f]
+  directory = ratings.resolve_dir(cfg.dir)
+  files = [f for f in ratings.source_files(directory, cfg.interactions).values() if f]
   settings = {k: v for k, v in cfg.to_dict().items() if k not in ("dir", "cache_dir")}
   key = {"config": settings, "num_stages": num_stages, "version": FORMAT_VERSION,
          "files": [(os.path.abspath(f), os.path.getsize(f), os.path.getmtime(f)) for f in files]}
 
   def build() -> CascadeData:
-    ml = movielens.read(directory, cfg.interactions, duplicates=cfg.duplicates, min_rating=cfg.min_rating)
+    ml = ratings.read(directory, cfg.interactions, duplicates=cfg.duplicates, min_rating=cfg.min_rating)
     return simulate(ml, cfg, num_stages)
 
   return cache.cached("movielens", key, build, cache_dir=os.path.expanduser(cfg.cache_dir) or None)

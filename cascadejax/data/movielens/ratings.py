@@ -1,4 +1,4 @@
-"""GroupLens MovieLens files -> checked NumPy arrays (the input of `movielens_cascade`).
+"""GroupLens MovieLens files -> checked NumPy arrays (the input of `movielens.cascade`).
 
 Files are read from `config.data.dir` (default: `../shared/data/movielens-1m` beside the project
 root when it exists). The data's licence forbids redistribution, so nothing is ever copied into the
@@ -34,10 +34,10 @@ import re
 import numpy as np
 from absl import logging
 
-from cascadejax.data import movielens_files as files
-from cascadejax.data.movielens_files import DOWNLOAD
+from cascadejax.data.movielens import files
+from cascadejax.data.movielens.files import DOWNLOAD
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the project root
 DEFAULT_DIR = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "movielens-1m"))
 INTERACTION_FILES = ("ratings.dat", "ratings.dat.gz", "u.data", "interactions.csv.gz", "interactions.csv",
                      "ratings-partial.dat.gz", "ratings-partial.dat")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from ml_collections import ConfigDict
 
-from cascadejax.data import recflow_files as files
+from cascadejax.data.recflow import files
 
 HISTORY_COLUMNS = {"video_id": 0, "author_id": 1, "category_level_two": 2, "category_level_one": 3,
                    "upload_type": 4}
