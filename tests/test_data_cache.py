@@ -143,26 +143,52 @@ def test_memory_mapped_split_feeds_the_pipeline_identically(tmp_path):
 
 
 def test_tfds_export_reads_back_through_grain_without_tensorflow(tmp_path):
-  pytest.importorskip("tensorflow_datasets")
+  # Imported here, not at the top, so the other tests of this module never load TFDS. A missing
+  # tensorflow-datasets (the `test` extra installs it) fails this test rather than skipping it.
   import sys  # noqa: PLC0415
 
   from cascadejax.data import tfds_builder  # noqa: PLC0415
   data = _data()
   path = tfds_builder.write(data, name="tiny", data_dir=str(tmp_path))
-  sources, features, num_stages = tfds_builder.read(path)
+  sources, features, num_stages = tfds_builder.read(path)  # the builder's as_data_source()
   assert "tensorflow" not in sys.modules
-  assert features == data.features and num_stages == 2 and len(sources["test"]) == data.splits["test"].batch_size
+  assert features == data.features and num_stages == 2 and set(sources) == set(data.splits)
+  for split, batch in data.splits.items():  # every example, field by field, as written
+    _assert_rows_equal(sources[split], batch, data.request_ids[split])
   first = tfds_builder.batches(sources["test"], batch_size=10)[0]  # in order
   _assert_same_batch(first, data.splits["test"].take(slice(0, 10)))
   train = data.splits["train"]
   shuffled = tfds_builder.batches(sources["train"], batch_size=8, seed=0)
   epoch = [shuffled[i] for i in range(train.batch_size // 8)]  # exactly one pass (256 requests)
+  assert jax.tree.map(lambda x: x.dtype, epoch[0]) == jax.tree.map(lambda x: x.dtype, train)
   got = np.concatenate([b.items["item_id"] for b in epoch])
   assert not np.array_equal(got, train.items["item_id"])  # shuffled...
   np.testing.assert_array_equal(np.unique(got, axis=0), np.unique(train.items["item_id"], axis=0))  # ...the same lists
 
 
+def _assert_rows_equal(source, batch, request_ids):
+  """The examples of a TFDS data source, stacked, equal `batch` (and its request ids) field by field;
+  each feature declares the written dtype (scalars come back as Python numbers: `batches` casts)."""
+  assert len(source) == batch.batch_size
+  rows = [source[i] for i in range(len(source))]
+  declared = source.dataset_info.features.np_dtype
+  want = {"user": batch.user, "items": batch.items, "feedback": batch.feedback, "stage": batch.stage,
+          "label": batch.label, "mask": batch.mask, "request_id": request_ids}
+  assert set(rows[0]) == set(want)
+  for name, expected in want.items():
+    if isinstance(expected, dict):
+      assert set(rows[0][name]) == set(expected), name
+      fields = [(f"{name}.{k}", [r[name][k] for r in rows], v, declared[name][k]) for k, v in expected.items()]
+    else:
+      fields = [(name, [r[name] for r in rows], expected, declared[name])]
+    for field, got, exp, dtype in fields:
+      got = np.stack(got)
+      assert np.dtype(dtype) == exp.dtype and got.shape == exp.shape, (field, dtype, got.shape, exp.dtype, exp.shape)
+      np.testing.assert_array_equal(got, exp, err_msg=field)
+
+
 def _assert_same_batch(a, b):
   assert jax.tree.structure(a) == jax.tree.structure(b)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    assert x.dtype == y.dtype and x.shape == y.shape, (x.dtype, x.shape, y.dtype, y.shape)
     np.testing.assert_array_equal(x, y)

@@ -21,6 +21,7 @@ TFDS files in `cascade.json`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 
@@ -54,6 +55,11 @@ class CascadeLogs(tfds.core.GeneratorBasedBuilder):
   """A `CascadeData` written as a TFDS dataset; the builder config's name names the dataset."""
 
   VERSION = tfds.core.Version(VERSION)
+  # TFDS finds a builder's source file (for its download checksums) with importlib.resources on the
+  # top-level package. `cascadejax` is a namespace package, and under an editable install its
+  # `__path__` holds setuptools' path-hook entry, which Python 3.11's importlib.resources rejects
+  # (NotADirectoryError in `download_and_prepare`). This builder downloads nothing: no code path.
+  code_path = None
 
   def __init__(self, *, data: CascadeData, name: str, **kwargs):
     self._data = data
@@ -107,11 +113,24 @@ def to_batch(rows: dict) -> CascadeBatch:
                       feedback=dict(rows["feedback"]) if "feedback" in rows else None)
 
 
+def _cast(tree, dtypes):
+  """`tree`'s arrays in the dtypes the dataset declares: TFDS decodes a scalar feature (`user`'s
+  ids, say) as a Python int or float, which grain's batching stacks as int64 or float64."""
+  if isinstance(tree, dict):
+    return {k: _cast(v, dtypes[k]) for k, v in tree.items()}
+  return np.asarray(tree, dtype=dtypes)
+
+
+def _to_written_batch(rows: dict, dtypes: dict) -> CascadeBatch:
+  return to_batch(_cast(rows, dtypes))
+
+
 def batches(source, *, batch_size: int, seed: int | None = None) -> grain.MapDataset:
-  """`source`'s examples as `CascadeBatch`es of `batch_size` requests: shuffled and endless with a
-  `seed` (as `pipeline.train_dataset`), in order and once through without one (the last batch may
-  be short)."""
+  """`source`'s examples (a data source of `read`) as `CascadeBatch`es of `batch_size` requests,
+  in the written dtypes: shuffled and endless with a `seed` (as `pipeline.train_dataset`), in
+  order and once through without one (the last batch may be short)."""
+  dtypes = source.dataset_info.features.np_dtype
   ds = grain.MapDataset.source(source)
   if seed is not None:
     ds = ds.shuffle(seed=seed).repeat(None)
-  return ds.batch(batch_size).map(to_batch)
+  return ds.batch(batch_size).map(functools.partial(_to_written_batch, dtypes=dtypes))
