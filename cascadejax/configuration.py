@@ -31,8 +31,12 @@ from cascadejax.sections import Section, flatten, plain
 # Keys a resumed run may change without changing what it computes (train.steps changes the
 # learning-rate schedule's length, which is the user's explicit choice; mesh.shape moves the run
 # to another device count, `Experiment.restore`).
+# Moving a run's days forward (train on days < t, test on day t, move t) continues it on the new days;
+# the vocabularies (`data.vocab_days`) and so the tables' sizes must stay.
+NEW_DATA_KEYS = ("data.train_days", "data.files")
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.eval_every", "train.eval_batch_size",
-                     "train.checkpoint_every", "train.keep_checkpoints", "train.progress_bar", "mesh.shape")
+                     "train.checkpoint_every", "train.keep_checkpoints", "train.progress_bar", "mesh.shape",
+                     *NEW_DATA_KEYS, "data.test_days")
 
 
 @dataclasses.dataclass(frozen=True)

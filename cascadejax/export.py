@@ -8,6 +8,8 @@ and history length symbolic) and its parameters, plus a manifest:
   D/manifest.json                 stage names and k's, gt_num, features, platforms, source step
   D/<stage>/scorer.jax            serialized `jax.export.Exported`: (params, user, items) -> [B, N]
   D/<stage>/params.msgpack        that stage's parameters (its embedding tables and its model)
+  D/vocab/<table>.arrow, .json    for data read through vocabularies (the logs reader): raw id -> row,
+                                  so serving maps raw ids as training did (`ExportedCascade.rows`)
 
 `load(D)` rebuilds an `ExportedCascade` from these files alone (no config, checkpoint or model
 code) that scores a `CascadeBatch` with every stage and runs the hard cascade selection.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any, Mapping, Sequence
 
 import flax.serialization
@@ -39,8 +42,10 @@ def _feature_specs(features, b, n, length) -> tuple[dict, dict]:
 
 
 def export_cascade(cascade: Cascade, params: Mapping[str, Any], out: str, *, gt_num: int,
-                   platforms: tuple[str, ...] = ("cpu",), step: int | None = None) -> dict[str, Any]:
-  """Writes every stage of `cascade` (with the cascade parameters `params`) to directory `out`.
+                   platforms: tuple[str, ...] = ("cpu",), step: int | None = None,
+                   vocab_dir: str | None = None) -> dict[str, Any]:
+  """Writes every stage of `cascade` (with the cascade parameters `params`) to directory `out`, and
+  the vocabularies in `vocab_dir` (the data's `report["vocab_dir"]`, if it has one) to `out/vocab`.
 
   Returns:
     The manifest (also written to `out/manifest.json`).
@@ -65,13 +70,26 @@ def export_cascade(cascade: Cascade, params: Mapping[str, Any], out: str, *, gt_
     stages.append({"name": stage.name, "k": stage.k, "model": stage.model})
   manifest = {
       "stages": stages, "gt_num": gt_num, "platforms": list(platforms), "step": step,
-      "features": [{"name": f.name, "side": f.side, "sequence": f.sequence, "vocab_size": f.vocab_size}
-                   for f in cascade.features],
+      "features": [{"name": f.name, "side": f.side, "sequence": f.sequence, "vocab_size": f.vocab_size,
+                    "table": f.table} for f in cascade.features],
+      "vocab": _copy_vocab(vocab_dir, out, cascade.features),
       "jax_version": jax.__version__,
   }
   with open(os.path.join(out, "manifest.json"), "w") as f:
     json.dump(manifest, f, indent=2)
   return manifest
+
+
+def _copy_vocab(vocab_dir: str | None, out: str, features) -> str | None:
+  if not vocab_dir:
+    return None
+  if not os.path.isdir(vocab_dir):
+    raise ValueError(f"export: the vocabularies {vocab_dir!r} the data was read with are gone; convert the "
+                     "data again (with config.data.cache_dir set) before exporting")
+  target = os.path.join(out, "vocab")
+  shutil.rmtree(target, ignore_errors=True)
+  shutil.copytree(vocab_dir, target)
+  return "vocab"
 
 
 class ExportedCascade:
@@ -98,6 +116,24 @@ class ExportedCascade:
         self._params.append(flax.serialization.msgpack_restore(f.read()))
     self._features = {side: [x["name"] for x in self.manifest["features"] if x["side"] == side]
                       for side in ("user", "items")}
+
+    self._directory = directory
+
+  def rows(self, feature: str, raw_ids) -> np.ndarray:
+    """The table rows of raw ids (strings or ints) of `feature`, mapped by the exported vocabulary as
+    training mapped them (unknown ids -> the out-of-vocabulary rows)."""
+    from cascadejax.data.logs.vocab import Vocabulary  # noqa: PLC0415 (pyarrow, only for vocabularies)
+    import pyarrow as pa  # noqa: PLC0415
+
+    if not self.manifest.get("vocab"):
+      raise ValueError("this export holds no vocabularies (its data had dense ids already)")
+    table = {f["name"]: f.get("table", f["name"]) for f in self.manifest["features"]}.get(feature)
+    if table is None:
+      raise ValueError(f"unknown feature {feature!r}; the cascade reads {sorted(f['name'] for f in self.manifest['features'])}")
+    vocab = Vocabulary.load(os.path.join(self._directory, self.manifest["vocab"]), table)
+    raw = np.asarray(raw_ids)
+    rows, _ = vocab.lookup(pa.array(raw.ravel().tolist()), f"feature {feature!r}")
+    return rows.reshape(raw.shape)
 
   def score_stage(self, stage: int, batch: CascadeBatch) -> jax.Array:
     """`[B, N]` scores of stage `stage` (0-based) for every candidate slot."""
@@ -140,7 +176,8 @@ def main(argv: Sequence[str]) -> None:
   FLAGS = flags.FLAGS
   exp, state = workdir.restore(FLAGS.workdir, FLAGS.step, FLAGS.mesh_shape)
   manifest = export_cascade(exp.cascade, state.params["cascade"], FLAGS.out, gt_num=exp.config.cascade.gt_num,
-                            platforms=tuple(FLAGS.platforms), step=int(state.step))
+                            platforms=tuple(FLAGS.platforms), step=int(state.step),
+                            vocab_dir=exp.data.report.get("vocab_dir"))
   print(json.dumps(manifest, indent=2))
 
 

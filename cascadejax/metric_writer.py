@@ -18,16 +18,20 @@ class MetricWriter:
     resume_step: when resuming from a checkpoint at this step, reports of later steps (written by the
       interrupted run after its last checkpoint) are dropped from both logs so they are not doubled.
     enabled: False on every process but the first of a multi-host run.
+    test_days: the days the final evaluation tests (`config.data.test_days`, for readers with days):
+      on resume, final reports of other test days are kept, so a run moved forward day by day keeps
+      one final report per evaluated day.
   """
 
-  def __init__(self, workdir: str, *, resume_step: int | None = None, enabled: bool = True):
+  def __init__(self, workdir: str, *, resume_step: int | None = None, enabled: bool = True,
+               test_days: list | None = None):
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.enabled = enabled
     if not enabled:
       return
     if resume_step is not None and os.path.exists(self.path):
       with open(self.path) as f:
-        kept = [line for line in f if line.strip() and not _after(line, resume_step)]
+        kept = [line for line in f if line.strip() and not _after(line, resume_step, test_days)]
       with open(self.path, "w") as f:
         f.writelines(kept)
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
@@ -56,11 +60,12 @@ def _tag(name: str) -> str:
   return name.replace("@", "_at_")
 
 
-def _after(line: str, step: int) -> bool:
+def _after(line: str, step: int, test_days: list | None = None) -> bool:
   """Whether a trainer report is one the resumed run writes again: a step after `step`, or the
-  final evaluation (reports of `cascadejax.evaluate` are kept)."""
+  final evaluation of the same test days (reports of `cascadejax.evaluate` are kept)."""
   record = json.loads(line)
-  return record.get("source", "train") == "train" and (record.get("step", -1) > step or record.get("final", False))
+  final_again = record.get("final", False) and record.get("test_days") == test_days
+  return record.get("source", "train") == "train" and (record.get("step", -1) > step or final_again)
 
 
 def read(workdir: str) -> list[dict[str, Any]]:

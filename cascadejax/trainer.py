@@ -86,9 +86,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, mesh: Mesh | None = 
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
   saved = workdir_lib.saved_config(workdir)
-  if saved is not None:
-    for key in configuration.check_resumable(saved, config, workdir):
-      logging.warning("resuming with a changed config.%s", key)
+  changed = configuration.check_resumable(saved, config, workdir) if saved is not None else []
+  for key in changed:
+    logging.warning("resuming with a changed config.%s", key)
+  new_days = any(k in configuration.NEW_DATA_KEYS for k in changed)  # continue on new days: a fresh input stream
+  test_days = list(config.data.test_days) if "test_days" in config.data else None
 
   # ---- experiment: mesh, data, model and optimizer, sharding, jitted steps ----
   exp = Experiment.build(config, mesh)
@@ -105,7 +107,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, mesh: Mesh | None = 
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), every=cfg.checkpoint_every,
                               keep=cfg.keep_checkpoints)
   resumed = checkpointer.latest_step() is not None
-  state = exp.restore(checkpointer, batches) if resumed else exp.init_state()
+  state = exp.restore(checkpointer, None if new_days else batches) if resumed else exp.init_state()
   start = int(jax.device_get(state.step))
   if start > cfg.steps:
     raise ValueError(f"config.train.steps={cfg.steps} is below step {start} of the checkpoint in "
@@ -113,9 +115,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, mesh: Mesh | None = 
   if resumed:
     logging.info("resumed from step %d of %s (saved with layout %s, now %s)", start, checkpointer.directory,
                  checkpointer.layout(start), exp.layout())
+  if resumed and new_days:
+    logging.info("the training data changed (%s): training continues from step %d on it, from its start",
+                 ", ".join(k for k in changed if k in configuration.NEW_DATA_KEYS), start)
   if is_main:
     configuration.save(config, workdir)
-  writer = MetricWriter(workdir, resume_step=start if resumed else None, enabled=is_main)
+  writer = MetricWriter(workdir, resume_step=start if resumed else None, enabled=is_main, test_days=test_days)
 
   # ---- loop ----
   bar = tqdm(total=cfg.steps, initial=start, unit="step", disable=not (cfg.progress_bar and is_main))
@@ -147,7 +152,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, mesh: Mesh | None = 
 
   # ---- final evaluation ----
   report = writer.write(cfg.steps, exp.evaluate(state.params["cascade"], eval_split), split=eval_split,
-                        final=True)
+                        final=True, **({"test_days": test_days} if test_days else {}))
   checkpointer.wait()
   checkpointer.close()
   writer.close()

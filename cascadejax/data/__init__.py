@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 from ml_collections import ConfigDict
 
-from cascadejax.data import movielens, recflow, synthetic
+from cascadejax.data import logs, movielens, recflow, synthetic
 from cascadejax.data.schema import CascadeBatch, CascadeData, FeatureSpec, validate
 from cascadejax.sections import Section
 
-READERS = {"synthetic": synthetic.load, "movielens": movielens.load, "recflow": recflow.load}
+READERS = {"synthetic": synthetic.load, "movielens": movielens.load, "recflow": recflow.load, "logs": logs.load}
 CHECKS = {"synthetic": synthetic.check_config, "movielens": movielens.check_config,
-          "recflow": recflow.check_config}  # each reader's own checks of its keys, before any file is read
+          "recflow": recflow.check_config, "logs": logs.check_config}  # each reader's own checks of its keys, before any file is read
 
 
 @dataclasses.dataclass(frozen=True)

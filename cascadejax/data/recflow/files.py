@@ -1,5 +1,5 @@
-"""RecFlow's file formats, read with checks: Feather day files column by column, pickles, and the
-seeded hash the reader samples candidates with. Every error names the file, the column and the row.
+"""RecFlow's file formats, read with checks: Feather day files column by column and pickles. Every
+error names the file, the column and the row.
 """
 
 from __future__ import annotations
@@ -7,23 +7,6 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
-
-
-def mix(x: np.ndarray) -> np.ndarray:
-  """splitmix64's finaliser on uint64 arrays: a fixed, well-spread hash for seeded sampling."""
-  with np.errstate(over="ignore"):
-    x = (x + np.uint64(0x9E3779B97F4A7C15)) & np.uint64(0xFFFFFFFFFFFFFFFF)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def seeded_hash(seed: int, *cols: np.ndarray) -> np.ndarray:
-  """A uint64 hash of `seed` and the columns, element by element (same values on every run)."""
-  h = np.full(cols[0].shape, mix(np.array([seed], np.uint64))[0])
-  for c in cols:
-    h = mix(h ^ c.astype(np.uint64))
-  return h
 
 
 def load_pickle(path: str) -> dict:

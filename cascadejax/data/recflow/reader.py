@@ -56,7 +56,7 @@ import numpy as np
 from absl import logging
 from ml_collections import ConfigDict
 
-from cascadejax.data import cache
+from cascadejax.data import cache, hashing
 from cascadejax.data.recflow import files
 from cascadejax.data.recflow.config import (BINARY_FEEDBACK, CONTEXT_FIELDS, POSITION, check_config, day_range,
                                            groups, reference_labels)
@@ -133,7 +133,7 @@ def read_day(cfg: ConfigDict, path: str, num_stages: int, id_cnt: dict[str, int]
   stats["requests"] = len(requests)
   if cfg.max_requests_per_day and len(requests) > cfg.max_requests_per_day:
     chosen = np.zeros(len(requests), bool)
-    chosen[np.argsort(files.seeded_hash(cfg.seed, requests), kind="stable")[:cfg.max_requests_per_day]] = True
+    chosen[np.argsort(hashing.seeded_hash(cfg.seed, requests), kind="stable")[:cfg.max_requests_per_day]] = True
     keep = chosen[inverse]
     rows, depth, rid, video = rows[keep], depth[keep], rid[keep], video[keep]
     requests, first, inverse = np.unique(rid, return_index=True, return_inverse=True)
@@ -142,7 +142,7 @@ def read_day(cfg: ConfigDict, path: str, num_stages: int, id_cnt: dict[str, int]
   # Up to m per (request, group): the ones with the smallest seeded hash (its top 32 bits sort
   # inside the group, the group's number above them).
   group = u64(inverse) * np.uint64(len(gs)) + u64(depth)
-  order = np.argsort((group << np.uint64(32)) | (files.seeded_hash(cfg.seed, rid, video) >> np.uint64(32)), kind="stable")
+  order = np.argsort((group << np.uint64(32)) | (hashing.seeded_hash(cfg.seed, rid, video) >> np.uint64(32)), kind="stable")
   sorted_group = group[order]
   run = np.ones(len(order), bool)
   run[1:] = sorted_group[1:] != sorted_group[:-1]
@@ -151,7 +151,7 @@ def read_day(cfg: ConfigDict, path: str, num_stages: int, id_cnt: dict[str, int]
   stats["candidates_over_per_group"] = len(order) - len(kept)
   del group, order, sorted_group, run, start
   # Slots: the request's kept candidates in a second seeded order.
-  slot_key = (u64(inverse[kept]) << np.uint64(32)) | (files.seeded_hash(cfg.seed + 1, rid[kept], video[kept]) >> np.uint64(32))
+  slot_key = (u64(inverse[kept]) << np.uint64(32)) | (hashing.seeded_hash(cfg.seed + 1, rid[kept], video[kept]) >> np.uint64(32))
   kept = kept[np.argsort(slot_key, kind="stable")]
   req = inverse[kept]
   slot = np.arange(len(kept)) - np.searchsorted(req, req)
