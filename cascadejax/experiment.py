@@ -13,6 +13,8 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
@@ -93,7 +95,8 @@ class Experiment:
                        f"{tuple(config.mesh.axes)}")
     mesh_lib.check_batch_size(sections.train.batch_size, mesh, "config.train.batch_size")
     mesh_lib.check_batch_size(sections.train.eval_batch_size, mesh, "config.train.eval_batch_size")
-    data = data_lib.load(config.data, num_stages=len(sections.cascade.stages))
+    data = data_lib.load(config.data, num_stages=len(sections.cascade.stages), process_index=jax.process_index(),
+                         process_count=jax.process_count())
     n = next(iter(data.splits.values())).list_size
     if n != sections.data.list_size:
       raise ValueError(f"config.data.list_size={sections.data.list_size} but the data has {n} candidate slots")
@@ -142,7 +145,8 @@ class Experiment:
   # ---- checkpoints ----
   def layout(self) -> dict[str, Any]:
     """How this run lays out its state, saved with every checkpoint (see `restore`)."""
-    return {"devices": self.mesh.size, "processes": jax.process_count(), "embedding_shards": self.update.num_shards}
+    return {"devices": self.mesh.size, "processes": jax.process_count(), "embedding_shards": self.update.num_shards,
+            "process_shares": self.data.process_share is not None}
 
   def restore(self, checkpointer: Checkpointer, data_iterator: Any = None, step: int | None = None) -> TrainState:
     """The state of a checkpoint (latest unless `step`), on this run's mesh and shardings.
@@ -220,7 +224,18 @@ class Experiment:
       raise ValueError(f"unknown split {split!r}; the data has {sorted(self.data.splits)}")
     sums = metrics.MetricSums()
     size, procs, me = self.sections.train.eval_batch_size, jax.process_count(), jax.process_index()
-    for batch in pipeline.eval_batches(self.data.splits[split], size):
-      local = batch.take(slice(me * size // procs, (me + 1) * size // procs))
-      sums.add(step(params, mesh_lib.put_batch(local, self.mesh)))
+    if self.data.process_share is None:
+      for batch in pipeline.eval_batches(self.data.splits[split], size):
+        local = batch.take(slice(me * size // procs, (me + 1) * size // procs))
+        sums.add(step(params, mesh_lib.put_batch(local, self.mesh)))
+      return sums.means()
+    # Each process holds its own share: every process feeds its share in blocks of size / procs, for
+    # as many batches as the largest share needs (the others feed empty, masked-out requests).
+    own = self.data.splits[split]
+    counts = multihost_utils.process_allgather(np.array([own.batch_size]))
+    batches = -(-int(np.max(counts)) // (size // procs))
+    local_batches = pipeline.eval_batches(own, size // procs)
+    empty = jax.tree.map(lambda a: np.zeros((size // procs,) + a.shape[1:], a.dtype), own.take(slice(0, 0)))
+    for _ in range(batches):
+      sums.add(step(params, mesh_lib.put_batch(next(local_batches, empty), self.mesh)))
     return sums.means()

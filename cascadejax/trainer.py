@@ -100,14 +100,18 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, mesh: Mesh | None = 
     raise ValueError(f"config.train.eval_split: unknown split {eval_split!r}; the data has "
                      f"{sorted(exp.data.splits)} ('valid' needs config.data.valid_fraction > 0)")
   ds = pipeline.train_dataset(exp.data.splits["train"], global_batch_size=cfg.batch_size, seed=config.seed,
-                              process_index=jax.process_index(), process_count=jax.process_count())
+                              process_index=jax.process_index(), process_count=jax.process_count(),
+                              local_share=exp.data.process_share is not None)
   batches = pipeline.train_iterator(ds)
 
   # ---- checkpoint: restore the state and the input position if there is one ----
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), every=cfg.checkpoint_every,
                               keep=cfg.keep_checkpoints)
   resumed = checkpointer.latest_step() is not None
-  state = exp.restore(checkpointer, None if new_days else batches) if resumed else exp.init_state()
+  saved_layout = (checkpointer.layout() or {}) if resumed else {}
+  reshared = (saved_layout.get("process_shares", False) or exp.data.process_share is not None) and \
+      saved_layout.get("processes") != jax.process_count()  # each process's share of the data changed
+  state = exp.restore(checkpointer, None if new_days or reshared else batches) if resumed else exp.init_state()
   start = int(jax.device_get(state.step))
   if start > cfg.steps:
     raise ValueError(f"config.train.steps={cfg.steps} is below step {start} of the checkpoint in "
@@ -115,6 +119,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, mesh: Mesh | None = 
   if resumed:
     logging.info("resumed from step %d of %s (saved with layout %s, now %s)", start, checkpointer.directory,
                  checkpointer.layout(start), exp.layout())
+  if resumed and reshared:
+    logging.info("the processes' shares of the data changed (%s processes, now %d): the input pipeline "
+                 "starts over on this process's share", saved_layout.get("processes"), jax.process_count())
   if resumed and new_days:
     logging.info("the training data changed (%s): training continues from step %d on it, from its start",
                  ", ".join(k for k in changed if k in configuration.NEW_DATA_KEYS), start)

@@ -91,7 +91,7 @@ def runs(tmp_path_factory):
 def test_two_processes_train_like_one(runs):
   _, two, one, _ = runs
   saved = Checkpointer(str(two / "checkpoints"))
-  assert saved.layout(8) == {"devices": 4, "processes": 2, "embedding_shards": 4}
+  assert saved.layout(8) == {"devices": 4, "processes": 2, "embedding_shards": 4, "process_shares": False}
   saved.close()
   positions = sorted(f for f in os.listdir(two / "checkpoints" / "8" / "data") if f.endswith(".json"))
   assert positions == ["process_0-of-2.json", "process_1-of-2.json"]
@@ -106,3 +106,47 @@ def test_two_process_checkpoint_resumes_in_one_process(runs, tmp_path):
   logs = _train(config_file, moved, processes=1, devices_each=4)
   assert "resumed from step 4" in logs[0]
   _close(metric_writer.read(str(moved)), metric_writer.read(str(one)))
+
+
+LOGS_CONFIG = """
+from configs import logs_example
+
+
+def get_config():
+  c = logs_example.get_config()
+  c.data.update(dir={log!r}, cache_dir={cache!r}, train_days=("2024-01-01", "2024-01-02"),
+                test_days=("2024-01-03", "2024-01-03"), vocab_days=("2024-01-01", "2024-01-02"))
+  c.train.update(batch_size=8, eval_batch_size=16, steps=4, log_every=2, checkpoint_every=2, eval_every=0,
+                 progress_bar=False)
+  c.optimizer.warmup_steps = 1
+  return c
+"""
+
+
+def test_two_processes_each_convert_their_share_of_the_logs(tmp_path):
+  from cascadejax import workdir  # noqa: PLC0415
+  from cascadejax import data as data_lib  # noqa: PLC0415
+  from cascadejax.data.logs import example  # noqa: PLC0415
+  from configs import logs_example  # noqa: PLC0415
+
+  example.write(str(tmp_path / "log"), requests=96, days=3)
+  config_file = tmp_path / "logs_two.py"
+  config_file.write_text(LOGS_CONFIG.format(log=str(tmp_path / "log"), cache=str(tmp_path / "cache")))
+  run = tmp_path / "run"
+  _train(config_file, run, processes=2, devices_each=1)
+  final = [r for r in metric_writer.read(str(run)) if r.get("final")][0]
+  # One process evaluating the same checkpoint on every request gives the same means.
+  exp, state = workdir.restore(str(run))
+  assert exp.data.process_share is None
+  again = exp.evaluate(state.params["cascade"], "test")
+  for k, v in again.items():
+    np.testing.assert_allclose(final[k], v, rtol=1e-5, atol=1e-6, err_msg=k)
+  # The two shares are disjoint and together hold every request.
+  cfg = exp.config.data
+  shares = [data_lib.load(cfg, 2, process_index=i, process_count=2) for i in range(2)]
+  for split in ("train", "test"):
+    ids = [np.asarray(d.request_ids[split]) for d in shares]
+    assert not set(ids[0]) & set(ids[1]) and min(len(i) for i in ids) > 0
+    assert sorted(np.concatenate(ids)) == sorted(np.asarray(exp.data.request_ids[split]))
+  assert all(len(d.report["conversions"]) == 1 for d in shares)  # converted by the two processes, not again
+  del logs_example

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -117,19 +118,24 @@ def split_valid(data: CascadeData, fraction: float) -> CascadeData:
   return dataclasses.replace(data, splits=splits, request_ids=request_ids, report=report)
 
 
-def load(config: ConfigDict, num_stages: int) -> CascadeData:
+def load(config: ConfigDict, num_stages: int, *, process_index: int = 0, process_count: int = 1) -> CascadeData:
   """Loads the dataset named by `config.name` for an S-stage cascade and validates every split.
 
   With `config.valid_fraction` > 0 (absent = 0), the tail of the training requests becomes a
   "valid" split (`split_valid`). The reader never sees that key, so its on-disk cache entry is
-  the same whatever the fraction.
+  the same whatever the fraction. On a multi-host run (`process_count` > 1) the logs reader converts
+  and returns only this process's share of the requests (`CascadeData.process_share`); the other
+  readers return every request and each process takes its rows of every batch.
 
   Raises:
     ValueError: naming `config.data.name` for an unknown dataset, `config.data.valid_fraction` for
       a bad fraction, or the split, field and row of bad data.
   """
   section = DataSection.parse(config)  # before the reader, which may take minutes
-  data = split_valid(READERS[section.name](_reader_config(config), num_stages), section.valid_fraction)
+  reader = READERS[section.name]
+  if section.name == "logs" and process_count > 1:
+    reader = functools.partial(logs.load, share=(process_index, process_count))
+  data = split_valid(reader(_reader_config(config), num_stages), section.valid_fraction)
   for split, batch in data.splits.items():
     validate(batch, data.features, num_stages, source=f"{config.name}/{split}")
   return data

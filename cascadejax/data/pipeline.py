@@ -47,7 +47,7 @@ class EpochOrder:
 
 
 def train_dataset(split: CascadeBatch, *, global_batch_size: int, seed: int, process_index: int = 0,
-                  process_count: int = 1) -> grain.MapDataset:
+                  process_count: int = 1, local_share: bool = False) -> grain.MapDataset:
   """Endless shuffled batches of this process's share of each global batch.
 
   Global batch t holds positions `[t * G, (t + 1) * G)` of `EpochOrder(R, seed)`, so every epoch
@@ -59,13 +59,18 @@ def train_dataset(split: CascadeBatch, *, global_batch_size: int, seed: int, pro
     seed: shuffle seed; epoch e uses a permutation derived from (seed, e).
     process_index, process_count: this process's rows of each global batch are the contiguous
       block `process_index` of `process_count`.
+    local_share: `split` holds only this process's share of the requests (`CascadeData.process_share`):
+      each process draws its G / process_count rows per step from its own epochs over its share.
   """
   if global_batch_size % process_count:
     raise ValueError(f"config.train.batch_size={global_batch_size} is not divisible by the "
                      f"{process_count} processes")
   local = global_batch_size // process_count
   order = EpochOrder(split.batch_size, seed)
-  first = lambda t: t * global_batch_size + process_index * local
+  if local_share:
+    first = lambda t: t * local
+  else:
+    first = lambda t: t * global_batch_size + process_index * local
   batch = lambda t: split.take(order.rows(first(t), first(t) + local))
   return grain.MapDataset.range(sys.maxsize).map(batch)
 

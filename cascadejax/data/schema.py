@@ -92,6 +92,8 @@ class CascadeData:
     report: what the reader did, as JSON-able counts: rows read and, under "dropped", the rows
       (users, candidates, ...) each documented filter removed, per source file where it applies.
       The cache keeps it with the entry, so a cache hit reports the same counts as the build.
+    process_share: (index, count) when the splits hold only this process's share of the requests
+      (the logs reader on a multi-host run); None when every process holds every request.
   """
 
   features: tuple[FeatureSpec, ...]
@@ -99,6 +101,7 @@ class CascadeData:
   splits: dict[str, CascadeBatch]
   request_ids: dict[str, np.ndarray]
   report: dict[str, Any] = dataclasses.field(default_factory=dict)
+  process_share: tuple[int, int] | None = None
 
 
 def table_sizes(features: tuple[FeatureSpec, ...]) -> dict[str, int]:

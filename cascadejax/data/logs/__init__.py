@@ -25,11 +25,13 @@ def check_config(cfg: ConfigDict, num_stages: int) -> LogsSection:
   return LogsSection.parse(cfg)
 
 
-def load(cfg: ConfigDict, num_stages: int, *, progress: bool | None = None) -> CascadeData:
+def load(cfg: ConfigDict, num_stages: int, *, progress: bool | None = None,
+         share: tuple[int, int] | None = None) -> CascadeData:
   """The logs `cfg` names as splits "train" and "test", converting what the store lacks (with
-  progress bars when `progress`, by default when stderr is a terminal)."""
+  progress bars when `progress`, by default when stderr is a terminal). With `share` = (i, n) only
+  the requests whose hash is i modulo n are converted and returned (process i of n)."""
   progress = sys.stderr.isatty() if progress is None else progress
-  return convert(LogsSection.parse(cfg), num_stages, progress=progress)
+  return convert(LogsSection.parse(cfg), num_stages, progress=progress, share=share)
 
 
 __all__ = ["LogsSection", "Vocabulary", "check_config", "convert", "load"]

@@ -64,8 +64,11 @@ def features(s: LogsSection, vocabs: dict[str, Vocabulary]) -> tuple[FeatureSpec
   return tuple(out + [FeatureSpec(f, "items", f, vocabs[f].size) for f in s.item_features])
 
 
-def convert(s: LogsSection, num_stages: int, *, progress: bool = False) -> CascadeData:
-  """Converts (what is new of) the logs `s` names and returns the train and test splits.
+def convert(s: LogsSection, num_stages: int, *, progress: bool = False,
+            share: tuple[int, int] | None = None) -> CascadeData:
+  """Converts (what is new of) the logs `s` names and returns the train and test splits: only the
+  requests of `share` = (i, n), those whose request hash is i modulo n, when it is given (every
+  process still counts every row into the vocabularies, so all processes build the same tables).
 
   Raises:
     ValueError: naming the file, row and column of bad input, or the config key that cannot work.
@@ -76,7 +79,7 @@ def convert(s: LogsSection, num_stages: int, *, progress: bool = False) -> Casca
   root = os.path.expanduser(s.cache_dir) if s.cache_dir else tempfile.mkdtemp(prefix="cascadejax-logs-")
   os.makedirs(root, exist_ok=True)
   try:
-    data = _convert(s, num_stages, paths, events, root, progress)
+    data = _convert(s, num_stages, paths, events, root, progress, share)
     if not s.cache_dir:  # nothing stays on disk: the arrays move into memory
       data = dataclasses.replace(data, splits={k: _in_memory(v) for k, v in data.splits.items()},
                                  request_ids={k: np.array(v) for k, v in data.request_ids.items()})
@@ -91,7 +94,7 @@ def _in_memory(b: CascadeBatch) -> CascadeBatch:
   return jax.tree.map(np.array, b)
 
 
-def _convert(s, num_stages, paths, events, root, progress) -> CascadeData:
+def _convert(s, num_stages, paths, events, root, progress, share) -> CascadeData:
   day_settings = {"day": s.day, "timestamp": s.timestamp, "utc_offset_hours": s.utc_offset_hours, "format": s.format}
   file_days = _file_days(s, paths, os.path.join(root, f"logs-files-{key_hash(day_settings)}.json"))
   ranges = s.num_days
@@ -99,7 +102,8 @@ def _convert(s, num_stages, paths, events, root, progress) -> CascadeData:
   vocab_files = [p for p in paths if any(in_range(d, ranges["vocab"]) for d in file_days[p])]
   settings = {k: v for k, v in dataclasses.asdict(s).items() if k not in _NOT_ARRAYS}
   key = {"version": FORMAT_VERSION, "num_stages": num_stages, "settings": settings, "vocab_days": ranges["vocab"],
-         "vocab_files": [_stamp(p) for p in vocab_files], "events": [_stamp(p) for p in events]}
+         "vocab_files": [_stamp(p) for p in vocab_files], "events": [_stamp(p) for p in events],
+         "share": list(share) if share else None}
   store = Store(os.path.join(root, f"logs-{key_hash(key)}"))
   os.makedirs(os.path.join(store.path, "days"), exist_ok=True)
   store.clear_tmp()
@@ -115,7 +119,7 @@ def _convert(s, num_stages, paths, events, root, progress) -> CascadeData:
   tables = s.features_with_vocab()
   have_vocab = all(os.path.exists(os.path.join(vocab_dir, f"{t}.json")) for t in tables)
   if todo or not have_vocab:
-    _run(s, num_stages, store, paths, events, file_days, todo, None if have_vocab else vocab_files, progress)
+    _run(s, num_stages, store, paths, events, file_days, todo, None if have_vocab else vocab_files, progress, share)
   vocabs = {t: Vocabulary.load(vocab_dir, t) for t in tables}
   feats = features(s, vocabs)
   names = [f"user.{f.name}" for f in feats if f.side == "user"] + [f"items.{f.name}" for f in feats if f.side == "items"]
@@ -128,10 +132,11 @@ def _convert(s, num_stages, paths, events, root, progress) -> CascadeData:
                                  mask=cols["mask"], feedback=group("feedback.") if s.feedback else None)
     request_ids[split] = cols["request_ids"]
   report = _report(store, split_days)
-  return CascadeData(features=feats, num_stages=num_stages, splits=splits, request_ids=request_ids, report=report)
+  return CascadeData(features=feats, num_stages=num_stages, splits=splits, request_ids=request_ids, report=report,
+                     process_share=tuple(share) if share else None)
 
 
-def _run(s, num_stages, store, paths, events, file_days, todo, vocab_files, progress) -> None:
+def _run(s, num_stages, store, paths, events, file_days, todo, vocab_files, progress, share) -> None:
   """Both passes over the files holding the days `todo` (and the vocabulary files if `vocab_files`)."""
   started = time.time()
   todo_set = set(todo)
@@ -146,14 +151,14 @@ def _run(s, num_stages, store, paths, events, file_days, todo, vocab_files, prog
     try:
       for p in tqdm(read, desc="logs: reading", disable=not progress, unit="file"):
         scan.scan_rows(s, num_stages, [(paths.index(p), p)], np.array(sorted(todo_set), np.int64),
-                       s.num_days["vocab"], counter, parts, report["files"])
+                       s.num_days["vocab"], counter, parts, report["files"], share)
       if events:
         scan.scan_events(s, events, vocab_end, counter, parts, report["files"])
     finally:
       parts.close()
     vocab_dir = os.path.join(store.path, "vocab")
     if counter is not None and s.history_options["length"] and not events:
-      _count_histories(s, parts, counter)
+      _count_histories(s, parts, counter, "vocab_history" if share else "history")
     if counter is not None:
       shutil.rmtree(vocab_dir, ignore_errors=True)
       for t in s.features_with_vocab():
@@ -176,21 +181,21 @@ def _run(s, num_stages, store, paths, events, file_days, todo, vocab_files, prog
                 days=[day_text(d) for d in todo], seconds=round(time.time() - started, 3), partitions=1 << bits)
   for path, st in report["files"].items():
     for k, v in st.items():
-      if k != "rows":
+      if k not in ("rows", "rows_of_other_processes"):  # the other processes convert those
         report["dropped"][k] = report["dropped"].get(k, 0) + v
   logging.info("logs: converted %d day(s) from %d file(s) in %.1f s: %s", len(todo), len(read), time.time() - started,
                json.dumps({k: report[k] for k in ("dropped", "oov", "requests")}))
   store.add_report(report)
 
 
-def _count_histories(s: LogsSection, parts: scan.Partitions, counter: Counter) -> None:
+def _count_histories(s: LogsSection, parts: scan.Partitions, counter: Counter, stream: str) -> None:
   """Counts each vocabulary-day request's history list once (pass 1 wrote one record per request and
   record batch, so a request's records are deduplicated here)."""
   import pyarrow as pa  # noqa: PLC0415
   import pyarrow.compute as pc  # noqa: PLC0415
   h, (first, last) = s.history_options, s.num_days["vocab"]
   for p in range(parts.count):
-    hist = parts.read("history", p)
+    hist = parts.read(stream, p)
     if hist is None:
       continue
     day = hist["__day"].to_numpy()

@@ -11,6 +11,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import numpy as np
 
 from cascadejax.data.logs.config import EXTENSIONS
@@ -81,7 +82,11 @@ def batches(path: str, fmt: str, columns: list[str], batch_rows: int) -> Iterato
   require_columns(path, schema(path, fmt), columns)
   row = 0
   try:
-    for batch in _dataset(path, fmt).to_batches(columns=columns, batch_size=batch_rows, use_threads=True):
+    if file_format(path, fmt) == "parquet":  # the dataset scanner decodes far ahead: 1.9 GiB vs 0.26 GiB measured
+      source = pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns)
+    else:
+      source = _dataset(path, fmt).to_batches(columns=columns, batch_size=batch_rows, use_threads=True)
+    for batch in source:
       if batch.num_rows:
         yield row, batch
         row += batch.num_rows

@@ -7,7 +7,9 @@ A partition is a contiguous range of the hash's top bits, and pass 2 orders a da
 Partition files are Arrow IPC files of normalised columns (ids int64 or large_string, numbers
 float64) plus the bookkeeping columns `__file`, `__row` (where a row came from, for error
 messages), `__day`, `__stage`, `__rh` (request hash), `__ph` (partition hash), `__ih` (item hash)
-and, with list histories, `__hh` (the history's hash: it must be constant within a request).
+and, with list histories, `__hh` (the history's hash: it must be constant within a request). The
+"history" stream holds each request's lists; on a multi-host run "vocab_history" holds those of
+every process's requests of the vocabulary days, for the counts every process must agree on.
 """
 
 from __future__ import annotations
@@ -122,9 +124,11 @@ def list_hashes(col: pa.Array) -> np.ndarray:
 
 
 def scan_rows(s: LogsSection, num_stages: int, paths: list[tuple[int, str]], days: np.ndarray,
-              vocab_days: tuple[int, int], counter: Counter | None, parts: Partitions, report: dict) -> None:
+              vocab_days: tuple[int, int], counter: Counter | None, parts: Partitions, report: dict,
+              share: tuple[int, int] | None = None) -> None:
   """Pass 1 over the candidate files ((index, path) pairs; the index is stored as `__file`): rows of
-  `days` go to `parts`; rows of the vocabulary days are counted into `counter`."""
+  `days` (of requests in `share` = (i, n): request hash = i mod n) go to `parts`; every row of the
+  vocabulary days is counted into `counter`."""
   h = s.history_options
   list_history = h["length"] > 0 and h["events"] is None
   columns, label = s.columns(), s.label_options
@@ -168,18 +172,25 @@ def scan_rows(s: LogsSection, num_stages: int, paths: list[tuple[int, str]], day
       in_days = np.isin(day, days)
       stats["rows_outside_days"] += int((~in_days).sum())
       stats["rows_in_no_group"] += int((in_days & (stage < 0)).sum())
-      keep = np.flatnonzero(in_days & (stage >= 0))
+      mine = (rh % np.uint64(share[1]) == np.uint64(share[0])) if share else True
+      stats["rows_of_other_processes"] = stats.get("rows_of_other_processes", 0) + int((in_days & ~mine).sum())
+      keep = np.flatnonzero(in_days & (stage >= 0) & mine)
       if counter is not None:  # vocabulary days need not be converted days
         vocab = np.flatnonzero((day >= vocab_days[0]) & (day <= vocab_days[1]) & (stage >= 0))
         for c in [*s.user_features, *s.item_features]:
           counter.add(c, ids[c].take(pa.array(vocab)), f"{path}: column {c!r}")
+      if counter is not None and list_history and share:  # every process counts every request's history
+        first = vocab[np.unique(rh[vocab], return_index=True)[1]]
+        counted = {"__rh": pa.array(rh[first]), "__day": pa.array(out["__day"][first])}
+        counted.update({f: lists[f].take(pa.array(first)) for f in h["columns"]})
+        parts.write("vocab_history", ph[first], pa.RecordBatch.from_pydict(counted), path)
       if not len(keep):
         continue
       take = pa.array(keep)
       arrays = {k: pa.array(v[keep]) for k, v in out.items()}
       arrays.update({c: ids[c].take(take) for c in ids})
       parts.write("rows", ph[keep], pa.RecordBatch.from_pydict(arrays), path)
-      if list_history:
+      if list_history:  # each request's history once per record batch (pass 2 picks one)
         first = keep[np.unique(rh[keep], return_index=True)[1]]
         hist = {"__rh": pa.array(rh[first]), "__hh": pa.array(out["__hh"][first]), "__day": pa.array(out["__day"][first])}
         hist.update({f: lists[f].take(pa.array(first)) for f in h["columns"]})
