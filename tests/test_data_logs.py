@@ -220,7 +220,7 @@ def test_the_store_holds_vocabularies_and_a_report(tmp_path):
 
 
 def test_example_log_trains_exports_and_serves_raw_ids(tmp_path):
-  from cascadejax import export, metric_writer, trainer, workdir  # noqa: PLC0415
+  from cascadejax import day_report, export, metric_writer, trainer, workdir  # noqa: PLC0415
   from cascadejax.data.logs import example  # noqa: PLC0415
   from configs import logs_example  # noqa: PLC0415
 
@@ -252,6 +252,8 @@ def test_example_log_trains_exports_and_serves_raw_ids(tmp_path):
   trainer.train_and_evaluate(c, run)
   finals = [r for r in metric_writer.read(run) if r.get("final")]
   assert [(r["step"], r["test_days"]) for r in finals] == [(4, ["2024-01-03", "2024-01-03"]), (6, ["2024-01-04", "2024-01-04"])]
+  days = day_report.report([run]).splitlines()
+  assert [line.split(" | ")[0] for line in days if line.startswith("| 2024")] == ["| 2024-01-03", "| 2024-01-04"]
   assert [r["step"] for r in metric_writer.read(run) if r.get("split") == "train"] == [2, 4, 6]
   exp2, _ = workdir.restore(run)
   assert exp2.data.report["conversions"][-1]["days"] == ["2024-01-04"]

@@ -21,12 +21,12 @@ LAYERS = {
     "embedding": 1, "losses": 1, "mesh": 1, "rerank": 1, "multitask": 3,
     "models": 2,
     "cascade": 3,
-    "methods": 4, "metrics": 4,
+    "methods": 4, "metrics": 4, "corpus": 4,
     "configuration": 5,
     "experiment": 6,
     "trainer": 7, "tuning": 7,
     "workdir": 7,
-    "evaluate": 8, "export": 8, "compare": 8,
+    "evaluate": 8, "export": 8, "compare": 8, "day_report": 8,
 }
 
 

@@ -12,7 +12,6 @@ import numpy as np
 
 _MASK = 0xFFFFFFFFFFFFFFFF
 _BASE = 0x100000001B3  # FNV-1a's 64-bit prime: odd, so it has an inverse modulo 2^64
-_BASE_INV = pow(_BASE, -1, 1 << 64)
 _STRING_SALT = np.uint64(0x5851F42D4C957F2D)  # keeps the string "12" and the integer 12 apart
 
 
@@ -44,19 +43,21 @@ def _powers(base: int, n: int) -> np.ndarray:
 def string_hash(offsets: np.ndarray, data: np.ndarray) -> np.ndarray:
   """uint64 hashes of the strings `data[offsets[i]:offsets[i + 1]]` (bytes, uint8).
 
-  h = mix(sum_j byte_j * BASE^j + len * SALT), the sum over the string's bytes modulo 2^64: the
-  byte at global position g is weighted BASE^g, each string's segment sum is taken with
-  `np.add.reduceat` and shifted back by BASE^-start, so no Python loop runs per string.
+  h = mix(sum_j byte_j * BASE^j + len * SALT), j the byte's position in its string and the sum
+  modulo 2^64: each byte is weighted by the power of its position (a table as long as the longest
+  string) and each string's sum is taken with `np.add.reduceat`, so no Python loop runs per string.
   """
   offsets = offsets.astype(np.int64)
   starts, lengths = offsets[:-1] - offsets[0], np.diff(offsets)
   data = data[offsets[0]:offsets[-1]]
+  if not len(data):
+    return mix(lengths.astype(np.uint64) * _STRING_SALT)
+  position = np.arange(len(data), dtype=np.int64) - np.repeat(starts, lengths)
   with np.errstate(over="ignore"):
-    weighted = np.append(data.astype(np.uint64) * _powers(_BASE, len(data)), np.uint64(0))
+    weighted = np.append(data.astype(np.uint64) * _powers(_BASE, int(lengths.max()))[position], np.uint64(0))
     sums = np.add.reduceat(weighted, np.minimum(starts, len(data))) if len(starts) else np.zeros(0, np.uint64)
     sums = np.where(lengths > 0, sums, np.uint64(0))
-    unshift = _powers(_BASE_INV, len(data) + 1)[np.minimum(starts, len(data))]
-    return mix(sums * unshift + lengths.astype(np.uint64) * _STRING_SALT)
+    return mix(sums + lengths.astype(np.uint64) * _STRING_SALT)
 
 
 def arrow_hash(array) -> np.ndarray:

@@ -117,9 +117,11 @@ class Vocabulary:
       raise ValueError(f"{where}: ids are {ids.type} but table {self.table!r} was built from {self.values.type}")
     index = pc.index_in(ids, value_set=self.values) if len(self.values) else pa.nulls(len(ids), pa.int32())
     known = index.is_valid().to_numpy(zero_copy_only=False)
-    rows = np.where(known, 1 + self.oov_buckets + index.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64),
-                    1 + (arrow_hash(ids) % np.uint64(self.oov_buckets)).astype(np.int64))
-    return rows.astype(np.int32), int(len(ids) - known.sum())
+    rows = (1 + self.oov_buckets + index.fill_null(0).to_numpy(zero_copy_only=False)).astype(np.int32)
+    unknown = np.flatnonzero(~known)
+    if len(unknown):  # only unknown ids are hashed, and not at all with one OOV row
+      rows[unknown] = 1 if self.oov_buckets == 1 else 1 + arrow_hash(ids.take(pa.array(unknown))) % np.uint64(self.oov_buckets)
+    return rows, len(unknown)
 
   def save(self, directory: str) -> None:
     """Writes `<directory>/<table>.arrow` and `<table>.json`."""
