@@ -81,6 +81,64 @@ def _brute_threshold(s, k, tau):
   return 1 / (1 + np.exp(-(s - (lo + hi) / 2) / tau))
 
 
+def _brute_permutation_topk(relax):
+  def brute(s, k, tau):
+    p = relax(s, tau)
+    return p[:k].sum(0) / p.sum(0)
+  return brute
+
+
+def _brute_dftopk(s, k, tau):
+  """sigmoid((s - theta) / tau), theta halfway between the k-th and (k+1)-th largest (float64)."""
+  ordered = np.sort(s)[::-1]
+  return 1 / (1 + np.exp(-(s - (ordered[k - 1] + ordered[k]) / 2) / tau))
+
+
+def _laplace_cdf(z):
+  return np.where(z > 0, 1 - 0.5 * np.exp(-np.abs(z)), 0.5 * np.exp(-np.abs(z)))
+
+
+def _brute_lapsum(s, k, alpha):
+  """F((s - t) / alpha), F the Laplace CDF, t by float64 bisection on the sum (not the op's sort)."""
+  lo, hi = s.min() - 50 * alpha, s.max() + 50 * alpha
+  for _ in range(200):
+    mid = (lo + hi) / 2
+    lo, hi = (mid, hi) if _laplace_cdf((s - mid) / alpha).sum() > k else (lo, mid)
+  return _laplace_cdf((s - (lo + hi) / 2) / alpha)
+
+
+def isotonic_decreasing(y):
+  """Pool-adjacent-violators: argmin_{v_1 >= v_2 >= ...} ||v - y||^2 (float64)."""
+  blocks = []  # [sum, count]
+  for value in y:
+    blocks.append([value, 1])
+    while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] < blocks[-1][0] / blocks[-1][1]:
+      total, count = blocks.pop()
+      blocks[-1][0] += total
+      blocks[-1][1] += count
+  return np.concatenate([np.full(c, t / c) for t, c in blocks])
+
+
+def _brute_sparse_topk(s, k, l):
+  """Sander et al.'s p = 2 top-k mask, as the paper computes it: (s - iso(s - l w)) / l in sorted order."""
+  order = np.argsort(-s, kind="stable")
+  ordered = s[order]
+  w = (np.arange(len(s)) < k).astype(float)
+  out = np.empty(len(s))
+  out[order] = (ordered - isotonic_decreasing(ordered - l * w)) / l
+  return out
+
+
+BRUTE = {"neural_sort": _brute_permutation_topk(_brute_neural_sort),
+         "soft_sort": _brute_permutation_topk(_brute_soft_sort),
+         "threshold": _brute_threshold, "dftopk": _brute_dftopk, "lapsum": _brute_lapsum,
+         "sparse_topk": _brute_sparse_topk}
+
+
+def test_every_operator_has_a_brute_force():
+  assert set(BRUTE) == set(TOPK_OPERATORS)
+
+
 @pytest.mark.parametrize("method", TOPK_OPERATORS)
 @pytest.mark.parametrize("k", [1, 2, 3, 5])
 def test_soft_topk_matches_brute_force(method, k):
@@ -89,13 +147,7 @@ def test_soft_topk_matches_brute_force(method, k):
   for b in range(s.shape[0]):
     idx = np.flatnonzero(where[b])
     sv = s[b, idx].astype(np.float64)
-    if k >= len(idx):
-      want = np.ones(len(idx))
-    elif method == "threshold":
-      want = _brute_threshold(sv, k, 0.8)
-    else:
-      p = (_brute_neural_sort if method == "neural_sort" else _brute_soft_sort)(sv, 0.8)
-      want = p[:k].sum(0) / p.sum(0)
+    want = np.ones(len(idx)) if k >= len(idx) else BRUTE[method](sv, k, 0.8)
     np.testing.assert_allclose(got[b, idx], want, atol=2e-5)
     assert np.all(got[b, ~where[b]] == 0)
 

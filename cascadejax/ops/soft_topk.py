@@ -13,6 +13,21 @@ Methods (`soft_topk(..., method=...)`):
       dp_i/ds_j = p_i (1 - p_i) / temperature * (delta_ij - w_j),   w_j = p_j (1 - p_j) / sum_l p_l (1 - p_l)
 
   so it costs O(n) memory too and is exact at the solution. The temperature is in score units.
+- `"dftopk"` (`cascadejax.ops.dftopk`; Zhu, Zhang, Wang et al., arXiv 2510.11472): p_i =
+  sigmoid((s_i - theta) / temperature), theta = (s_[k] + s_[k+1]) / 2 halfway between the k-th and
+  (k+1)-th largest valid scores, found by an O(n) radix selection; the gradient flows through theta
+  as in the authors' code. Closed form, no sort, no iteration; the sum is only about k.
+- `"lapsum"` (`cascadejax.ops.lapsum`; Struski et al., ICML 2025): p_i = F((s_i - t) / temperature)
+  with F the Laplace CDF and t the exact sum-to-k threshold (closed form after one sort,
+  O(n log n)); implicit gradient as above with F' in place of p (1 - p).
+- `"sparse_topk"` (`cascadejax.ops.sparse_topk`; Sander et al., ICML 2023): the p = 2 regularised
+  top-k mask, p_i = clip((s_i - t) / temperature, 0, 1) with sum = k (the projection onto the capped
+  simplex that the paper's isotonic solvers compute), temperature = the regularisation strength;
+  exactly 0 or 1 away from the threshold, implicit gradient.
+
+`"threshold"`, `"lapsum"` and `"sparse_topk"` share the sum-to-k form and its implicit gradient
+(`cascadejax.ops.sum_to_k`). `MEMBERSHIP_OPERATORS` give memberships directly (O(n) memory);
+`PERMUTATION_OPERATORS` go through an `[..., n, n]` matrix.
 
 Every method: padding (`where=False`) is never counted and gets p = 0 and no gradient; k >= the number
 m of valid items gives p = 1 for every valid item; k <= 0 gives 0; ties and all-masked lists give
@@ -21,15 +36,20 @@ finite values and gradients; any leading batch dims, and `jax.vmap`, work.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
+from cascadejax.ops.dftopk import dftopk
+from cascadejax.ops.lapsum import lapsum_topk
 from cascadejax.ops.ranking_utils import valid_mask
 from cascadejax.ops.soft_sort import neural_sort, soft_sort
+from cascadejax.ops.sparse_topk import sparse_topk
+from cascadejax.ops.sum_to_k import implicit_topk
 
-TOPK_OPERATORS = ("neural_sort", "soft_sort", "threshold")
+# Operators that relax a permutation matrix (O(n^2)), and those that give memberships directly.
+PERMUTATION_OPERATORS = ("neural_sort", "soft_sort")
+MEMBERSHIP_OPERATORS = ("threshold", "dftopk", "lapsum", "sparse_topk")
+TOPK_OPERATORS = PERMUTATION_OPERATORS + MEMBERSHIP_OPERATORS
 _BISECTION_STEPS = 60
 
 
@@ -85,28 +105,9 @@ def _solve_threshold(s: jax.Array, valid: jax.Array, k: jax.Array, temperature: 
   return 0.5 * (lo + hi)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
-def _threshold_topk(s: jax.Array, valid: jax.Array, k: jax.Array, temperature: float) -> jax.Array:
-  m = valid.sum(-1, keepdims=True)
-  inside = (k > 0) & (k < m)
-  t = _solve_threshold(s, valid, jnp.clip(k, 0, None).astype(s.dtype), jnp.asarray(temperature, s.dtype))
-  p = jax.nn.sigmoid((s - t) / temperature)
-  p = jnp.where(inside, p, jnp.where(k >= m, 1.0, 0.0).astype(s.dtype))
-  return jnp.where(valid, p, 0.0)
-
-
-@_threshold_topk.defjvp
-def _threshold_topk_jvp(temperature, primals, tangents):
-  s, valid, k = primals
-  ds = tangents[0]
-  p = _threshold_topk(s, valid, k, temperature)
-  m = valid.sum(-1, keepdims=True)
-  inside = valid & (k > 0) & (k < m)
-  slope = jnp.where(inside, p * (1.0 - p), 0.0)  # zero where p is constant (padding, k out of range)
-  ds = jnp.where(valid, ds, 0.0)
-  norm = slope.sum(-1, keepdims=True)
-  dt = (slope * ds).sum(-1, keepdims=True) / jnp.where(norm > 0, norm, 1.0)
-  return p, slope / temperature * (ds - dt)
+def _sigmoid_density(z: jax.Array) -> jax.Array:
+  p = jax.nn.sigmoid(z)
+  return p * (1.0 - p)
 
 
 def soft_topk(scores: jax.Array, k: int | jax.Array, *, where: jax.Array | None = None,
@@ -117,15 +118,16 @@ def soft_topk(scores: jax.Array, k: int | jax.Array, *, where: jax.Array | None 
     scores: `[..., n]` scores.
     k: the selection size: a Python int, or an int array broadcastable to the leading dims `[...]`.
     where: optional `[..., n]` bool, False for padding.
-    method: `"neural_sort"`, `"soft_sort"` (O(n^2) memory) or `"threshold"` (O(n) memory); see the
-      module docstring for their definitions.
-    temperature: positive Python float, the relaxation temperature (not differentiated). Its scale depends on the
-      method: NeuralSort's logits grow with n times the score spread, SoftSort's and the threshold's
-      are in score units.
+    method: one of `TOPK_OPERATORS`: `"neural_sort"`, `"soft_sort"` (O(n^2) memory), `"threshold"`,
+      `"dftopk"`, `"lapsum"` or `"sparse_topk"` (O(n) memory); see the module docstring for their
+      definitions.
+    temperature: positive Python float, the relaxation temperature (not differentiated). Its scale
+      depends on the method: NeuralSort's logits grow with n times the score spread; every other
+      method's temperature is in score units (for `"sparse_topk"` it is the regularisation strength).
 
   Returns:
-    `[..., n]` values in [0, 1]; 0 on padding. Valid items sum to min(k, m) for `"threshold"` and to
-    about that for the permutation methods.
+    `[..., n]` values in [0, 1]; 0 on padding. Valid items sum to min(k, m) for `"threshold"`,
+    `"lapsum"` and `"sparse_topk"`, and to about that for `"dftopk"` and the permutation methods.
   """
   if method not in TOPK_OPERATORS:
     raise ValueError(f"soft_topk: unknown method {method!r}; available: {TOPK_OPERATORS}")
@@ -133,9 +135,16 @@ def soft_topk(scores: jax.Array, k: int | jax.Array, *, where: jax.Array | None 
     raise ValueError(f"soft_topk: temperature must be positive, got {temperature!r}")
   valid = valid_mask(where, scores.shape)
   k = jnp.asarray(k)
+  if method == "dftopk":
+    return dftopk(scores, k, where=valid, temperature=float(temperature))
+  if method == "lapsum":
+    return lapsum_topk(scores, k, where=valid, temperature=float(temperature))
+  if method == "sparse_topk":
+    return sparse_topk(scores, k, where=valid, temperature=float(temperature))
   if method == "threshold":
     k = jnp.broadcast_to(k[..., None] if k.ndim else k, scores.shape[:-1] + (1,))
-    return _threshold_topk(scores, valid, k, float(temperature))
+    return implicit_topk(jnp.where(valid, scores, 0.0), valid, k, float(temperature),
+                         jax.nn.sigmoid, _sigmoid_density, _solve_threshold)
   relax = neural_sort if method == "neural_sort" else soft_sort
   perm = relax(scores, temperature=temperature, where=valid)
   return split_mass(perm, k[..., None, None] if k.ndim else k)[0]

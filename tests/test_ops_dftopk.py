@@ -1,0 +1,152 @@
+"""DFTopK, LapSum and sparse top-k: float64 gradients against finite differences of their brute
+forces, DFTopK's threshold gradient and selection, traced k, and the sparse operator against the
+Dykstra iterations the DFTopK reference runs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cascadejax.ops import dftopk, dftopk_logits, soft_topk
+from cascadejax.ops.dftopk import boundary_indices
+from tests.test_ops_soft_topk import BRUTE, isotonic_decreasing
+
+NEW = ("dftopk", "lapsum", "sparse_topk")
+
+
+def _lists(seed, shape=(3, 7)):
+  rng = np.random.default_rng(seed)
+  s = rng.normal(size=shape) * 1.5
+  where = rng.random(shape) < 0.8
+  where[..., :5] = True
+  return s, where
+
+
+@pytest.mark.parametrize("method", NEW + ("threshold",))
+@pytest.mark.parametrize("k", [1, 3])
+def test_float64_jacobian_matches_finite_differences_of_the_brute_force(method, k):
+  s, where = _lists(1)
+  tau = 0.7
+  with jax.enable_x64(True):
+    for b in range(s.shape[0]):
+      x, w = jnp.asarray(s[b], jnp.float64), jnp.asarray(where[b])
+      fn = lambda v: soft_topk(v, k, where=w, method=method, temperature=tau)
+      jac = np.asarray(jax.jacobian(fn)(x))
+      value = np.asarray(fn(x))
+      assert jac.dtype == np.float64 and value.dtype == np.float64
+      idx = np.flatnonzero(where[b])
+      np.testing.assert_allclose(value[idx], BRUTE[method](s[b, idx], k, tau), atol=1e-10)
+      num, eps = np.zeros((len(idx), len(idx))), 1e-6
+      for c in range(len(idx)):
+        d = np.eye(len(idx))[c] * eps
+        num[:, c] = (BRUTE[method](s[b, idx] + d, k, tau) - BRUTE[method](s[b, idx] - d, k, tau)) / (2 * eps)
+      np.testing.assert_allclose(jac[np.ix_(idx, idx)], num, atol=1e-6, err_msg=f"list {b}")
+      pad = np.flatnonzero(~where[b])
+      assert np.all(jac[:, pad] == 0) and np.all(jac[pad] == 0)
+
+
+def test_dftopk_gradient_goes_through_the_threshold_unless_held():
+  x = jnp.array([3.0, 1.0, 2.0, -1.0, 0.5])  # k = 2: boundary items 2 (x = 2) and 1 (x = 1)
+  tau = 0.5
+  full = np.asarray(jax.jacobian(lambda v: dftopk(v, 2, temperature=tau))(x))
+  held = np.asarray(jax.jacobian(lambda v: dftopk(v, 2, temperature=tau, threshold_grad=False))(x))
+  p = np.asarray(dftopk(x, 2, temperature=tau))
+  slope = p * (1 - p) / tau
+  dtheta = np.array([0, 0.5, 0.5, 0, 0])  # theta = (x_2 + x_1) / 2 here
+  np.testing.assert_allclose(full, slope[:, None] * (np.eye(5) - dtheta[None, :]), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(held, np.diag(slope), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(p, 1 / (1 + np.exp(-(np.asarray(x) - 1.5) / tau)), rtol=1e-6)
+
+
+def test_dftopk_logits_mark_the_degenerate_cases():
+  x = jnp.array([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]])
+  where = jnp.array([[True, True, False, True], [True, True, True, True]])
+  z = np.asarray(dftopk_logits(x, jnp.array([3, 0]), where=where))
+  assert np.all(z[0, [0, 1, 3]] == np.inf) and z[0, 2] == -np.inf  # k >= m; padding
+  assert np.all(z[1] == -np.inf)  # k <= 0
+  g = jax.grad(lambda v: jax.nn.sigmoid(dftopk_logits(v, jnp.array([3, 0]), where=where)).sum())(x)
+  assert np.all(np.asarray(g) == 0)
+  with pytest.raises(ValueError, match="temperature must be positive"):
+    dftopk_logits(x, 1, temperature=-1.0)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_radix_selection_finds_the_boundary_with_ties_negatives_and_padding(dtype):
+  rng = np.random.default_rng(5)
+  with jax.enable_x64(dtype == jnp.float64):
+    for trial in range(30):
+      n = 8
+      s = np.round(rng.normal(size=n) * 2) / 2  # many ties, negatives, zeros
+      if trial % 3 == 0:
+        s[rng.integers(0, n)] = -0.0
+      valid = rng.random(n) < 0.8
+      valid[:3] = True
+      m = int(valid.sum())
+      for k in range(1, m):
+        i_k, i_k1 = boundary_indices(jnp.asarray(s, dtype), jnp.array([k]), jnp.asarray(valid))
+        i_k, i_k1 = int(i_k[0]), int(i_k1[0])
+        ordered = np.sort(s[valid])[::-1]
+        assert valid[i_k] and valid[i_k1] and i_k != i_k1
+        assert s[i_k] == ordered[k - 1] and s[i_k1] == ordered[k], (s, valid, k)
+
+
+def test_traced_k_under_jit_and_per_list_k_equal_static_k():
+  s, where = _lists(2, shape=(4, 7))
+  ks = jnp.array([1, 2, 4, 9])
+  for method in NEW:
+    traced = jax.jit(lambda x, k, m=method: soft_topk(x, k, where=jnp.asarray(where), method=m, temperature=0.3))
+    got = np.asarray(traced(jnp.asarray(s, jnp.float32), ks))
+    for b in range(4):
+      one = soft_topk(jnp.asarray(s[b], jnp.float32), int(ks[b]), where=jnp.asarray(where[b]), method=method,
+                      temperature=0.3)
+      np.testing.assert_allclose(got[b], one, atol=1e-6, err_msg=method)
+
+
+def test_sum_to_k_and_sparsity():
+  s, where = _lists(3, shape=(5, 8))
+  m = where.sum(-1)
+  for method in ("lapsum", "sparse_topk"):
+    p = np.asarray(soft_topk(jnp.asarray(s, jnp.float32), 3, where=jnp.asarray(where), method=method,
+                             temperature=0.4))
+    np.testing.assert_allclose(p.sum(-1), np.minimum(3, m), rtol=1e-5)
+  sparse = np.asarray(soft_topk(jnp.asarray(s, jnp.float32), 3, where=jnp.asarray(where), method="sparse_topk",
+                                temperature=0.4))
+  assert np.mean((sparse == 0) | (sparse == 1)) > 0.5  # most items exactly in or out
+  # A cold LapSum (exponents of hundreds) stays finite and hard.
+  cold = np.asarray(soft_topk(jnp.asarray(s * 100, jnp.float32), 3, where=jnp.asarray(where), method="lapsum",
+                              temperature=0.01))
+  assert np.all(np.isfinite(cold)) and np.allclose(cold.sum(-1), np.minimum(3, m), atol=1e-3)
+
+
+def _dykstra_isotonic(y, cycles):
+  """Decreasing isotonic regression by Dykstra's alternating projections onto the even and odd pairs
+  (Sander et al.'s GPU solver), the iterations the DFTopK reference unrolls."""
+  y = np.asarray(y, float)
+  odd = len(y) % 2 == 1
+  if not odd:  # pad to odd length with a value below every other: the padding never binds
+    y = np.append(y, y.min() - 1)
+
+  def project(v, start):
+    v = v.copy()
+    for i in range(start, len(v) - 1, 2):
+      if v[i] < v[i + 1]:
+        v[i] = v[i + 1] = (v[i] + v[i + 1]) / 2
+    return v
+
+  x, p, q = y.copy(), np.zeros_like(y), np.zeros_like(y)
+  for _ in range(cycles):
+    z = project(x + p, 0)
+    p = x + p - z
+    x = project(z + q, 1)
+    q = z + q - x
+  return x if odd else x[:-1]
+
+
+def test_sparse_topk_is_the_limit_of_the_reference_dykstra_iterations():
+  rng = np.random.default_rng(7)
+  for n, k in ((8, 2), (8, 5), (7, 3)):
+    s = np.sort(rng.normal(size=n))[::-1]
+    w = (np.arange(n) < k).astype(float)
+    np.testing.assert_allclose(_dykstra_isotonic(s - w, 250), isotonic_decreasing(s - w), atol=1e-8)
+    ours = np.asarray(soft_topk(jnp.asarray(s, jnp.float32), k, method="sparse_topk", temperature=1.0))
+    np.testing.assert_allclose(ours, s - isotonic_decreasing(s - w), atol=1e-5)
