@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from ml_collections import ConfigDict
 
-from cascadejax.data import logs, movielens, recflow, synthetic
+from cascadejax.data import item_corpus, logs, movielens, recflow, synthetic
 from cascadejax.data.schema import CascadeBatch, CascadeData, FeatureSpec, validate
 from cascadejax.sections import Section
 
@@ -141,5 +141,20 @@ def load(config: ConfigDict, num_stages: int, *, process_index: int = 0, process
   return data
 
 
+def corpus(config: ConfigDict, data: CascadeData) -> item_corpus.Corpus:
+  """The item corpus of `data` (loaded from `config`, the `config.data` section): every item of the
+  simulator's world, else the union of the logged candidates of every split (`cascadejax.data.item_corpus`).
+
+  Raises:
+    ValueError: for request-dependent item features, or data holding one process's share only.
+  """
+  if data.process_share is not None:
+    raise ValueError("corpus: this process holds only its share of the requests (a multi-host logs run), "
+                     "so the union of their candidates is not the corpus; run full-corpus evaluation on one process")
+  if config.name == "synthetic":
+    return synthetic.corpus(_reader_config(config), data)
+  return item_corpus.from_candidates(data)
+
+
 __all__ = ["CHECKS", "CascadeBatch", "CascadeData", "DataSection", "FeatureSpec", "READERS", "check_config",
-           "check_valid_fraction", "load", "num_valid", "split_valid", "validate"]
+           "check_valid_fraction", "corpus", "load", "num_valid", "split_valid", "validate"]

@@ -29,7 +29,7 @@ import os
 import numpy as np
 from ml_collections import ConfigDict
 
-from cascadejax.data import cache, synthetic_recflow, synthetic_world
+from cascadejax.data import cache, item_corpus, synthetic_recflow, synthetic_world
 from cascadejax.data.schema import CascadeBatch, CascadeData
 from cascadejax.data.synthetic_world import World, draw_requests, extra_feedback, id_features, teacher_views
 from cascadejax.data.synthetic_world import features, make_world, upstream_candidates
@@ -146,3 +146,19 @@ def simulate(cfg: ConfigDict, num_stages: int) -> CascadeData:
       features=features(cfg), num_stages=num_stages,
       splits={name: logs.take(idx) for name, idx in split.items()},
       request_ids={name: request_ids[idx] for name, idx in split.items()})
+
+
+def corpus(cfg: ConfigDict, data: CascadeData) -> item_corpus.Corpus:
+  """Every item of the simulated world (`num_items`, drawn by requests or not), with its category and
+  creator, counts from `data`'s training split.
+
+  Raises:
+    ValueError: with `config.data.cross_features`, whose user x item rows depend on the request.
+  """
+  if cfg.get("cross_features", ()):
+    raise ValueError("config.data.cross_features: cross features depend on the request, so corpus items "
+                     "cannot be scored without one; drop them to retrieve from the corpus")
+  world = synthetic_world.hidden_world(cfg)
+  ids = np.arange(cfg.num_items)
+  return item_corpus.with_counts(data, "item_id", {"item_id": ids + 1, "category": world.item_category[ids] + 1,
+                                                   "creator": world.item_creator[ids] + 1})
