@@ -7,6 +7,7 @@ from ml_collections import ConfigDict
 from cascadejax.methods.arf import ARF, ARFv2
 from cascadejax.methods.base import CascadeMethod
 from cascadejax.methods.bce import BCE
+from cascadejax.methods.dftopk import DFTopK
 from cascadejax.methods.fs_ltr import FSLambdaLoss, FSRankNet
 from cascadejax.methods.icc import ICC
 from cascadejax.methods.independent import Independent
@@ -14,7 +15,7 @@ from cascadejax.methods.lcron import LCRON
 from cascadejax.methods.rankflow import RankFlow
 
 METHODS: dict[str, type[CascadeMethod]] = {m.name: m for m in (Independent, BCE, LCRON, RankFlow, ARF, ARFv2,
-                                                               FSRankNet, FSLambdaLoss, ICC)}
+                                                               FSRankNet, FSLambdaLoss, ICC, DFTopK)}
 
 
 def get_method(config: ConfigDict) -> CascadeMethod:
@@ -28,5 +29,5 @@ def get_method(config: ConfigDict) -> CascadeMethod:
                        gt_num=int(config.cascade.gt_num))
 
 
-__all__ = ["ARF", "ARFv2", "BCE", "CascadeMethod", "FSLambdaLoss", "FSRankNet", "ICC", "Independent", "LCRON", "METHODS",
+__all__ = ["ARF", "ARFv2", "BCE", "CascadeMethod", "DFTopK", "FSLambdaLoss", "FSRankNet", "ICC", "Independent", "LCRON", "METHODS",
            "RankFlow", "get_method"]

@@ -40,6 +40,13 @@ authors' code computes (kwai/LCRON, checked by tests/test_reference_fidelity.py)
     ranking still costs log m_s) or "sum".
   normaliser_grad, normaliser_eps (arf_v2 only): whether the column total carries gradient
     (published: no) and what is added to it (published: 1e-6).
+  topk_method (arf_v2 only): where t_s, u_s come from: "sort_method" (published: the same relaxed
+    permutation as L_global), or any soft top-k operator (`cascadejax.ops.soft_topk.TOPK_OPERATORS`):
+    "neural_sort" / "soft_sort" split that operator's own permutation as above; a membership
+    operator ("threshold", "dftopk", "lapsum", "sparse_topk") gives t_s = p_s, u_s = 1 - p_s
+    directly (L_global still uses `sort_method`).
+  topk_temperature (arf_v2 only): the operator's temperature, one float or one per stage;
+    "temperature" (default) uses `temperature`.
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ from cascadejax.methods.base import CascadeMethod
 from cascadejax.methods.common import label_permutation, label_split, per_stage_option, stage_ks_option
 from cascadejax.ops.ranking_utils import list_mean
 from cascadejax.ops.soft_sort import neural_sort, soft_sort
-from cascadejax.ops.soft_topk import split_mass
+from cascadejax.ops.soft_topk import MEMBERSHIP_OPERATORS, TOPK_OPERATORS, soft_topk, split_mass
 
 SOFT_SORTS = {"neural_sort": neural_sort, "soft_sort": soft_sort}
 
@@ -118,6 +125,12 @@ class ARF(CascadeMethod):
         raise ValueError(f"{key}.normaliser_grad must be True or False, got {o['normaliser_grad']!r}")
       if not 0 <= float(o["normaliser_eps"]) < 0.1:
         raise ValueError(f"{key}.normaliser_eps must be in [0, 0.1), got {o['normaliser_eps']!r}")
+      if o["topk_method"] != "sort_method" and o["topk_method"] not in TOPK_OPERATORS:
+        raise ValueError(f"{key}.topk_method: {o['topk_method']!r} is not 'sort_method' or one of {TOPK_OPERATORS}")
+      self.topk_temperatures = (self.temperatures if o["topk_temperature"] == "temperature"
+                                else per_stage_option(self, "topk_temperature", float))
+      if any(not t > 0 for t in self.topk_temperatures):
+        raise ValueError(f"{key}.topk_temperature must be positive, got {o['topk_temperature']!r}")
     elif o["top_mass"] not in ("mean", "sum"):
       raise ValueError(f"{key}.top_mass must be 'mean' or 'sum', got {o['top_mass']!r}")
 
@@ -128,14 +141,27 @@ class ARF(CascadeMethod):
       return {"w": jnp.ones((self.num_stages,), jnp.float32)}
     return {}
 
+  def down_masses(self, stage: int, scores: jax.Array, perm: jax.Array, m: int,
+                  where: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """arf_v2's `[B, n]` t_s and u_s of one stage: from `perm` (the L_global permutation) or from
+    the `topk_method` operator at `topk_temperature`."""
+    o = self.options
+    method, tau = o["topk_method"], self.topk_temperatures[stage]
+    if method in MEMBERSHIP_OPERATORS:
+      top = soft_topk(scores, m, where=where, method=method, temperature=tau)
+      return top, jnp.where(where, 1.0 - top, 0.0)
+    if method != "sort_method" and (method != o["sort_method"] or tau != self.temperatures[stage]):
+      perm = SOFT_SORTS[method](scores, temperature=tau, where=where)
+    return split_mass(perm, m, normaliser_grad=o["normaliser_grad"], eps=float(o["normaliser_eps"]))
+
   def relax_term(self, perm: jax.Array, m: int, y_top: jax.Array, y_rest: jax.Array,
-                 selecting: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """L_relax of one stage from its `[B, n, n]` relaxed permutation, and the ground truth's mass
-    q_s (arf) or t_s (arf_v2) per candidate."""
+                 selecting: jax.Array, *, stage: int = 0, scores: jax.Array | None = None,
+                 where: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """L_relax of one stage from its `[B, n, n]` relaxed permutation (arf_v2: or from its `[B, n]`
+    scores, by `topk_method`), and the ground truth's mass q_s (arf) or t_s (arf_v2) per candidate."""
     eps = float(self.options["eps"])
     if self.down_term:
-      top, rest = split_mass(perm, m, normaliser_grad=self.options["normaliser_grad"],
-                             eps=float(self.options["normaliser_eps"]))
+      top, rest = self.down_masses(stage, scores, perm, m, where)
       per_item = -y_top * jnp.log(top + eps) - y_rest * jnp.log(rest + eps)
     else:
       top = jnp.where(jnp.arange(perm.shape[-2])[:, None] < m, perm, 0.0).sum(-2)
@@ -161,7 +187,8 @@ class ARF(CascadeMethod):
     for s, name in enumerate(self.stage_names):
       perm = sort(stage_scores[s], temperature=self.temperatures[s], where=where)
       m = self.support_m[s]
-      term, mass = self.relax_term(perm, m, y_top, y_rest, where & (count > m))
+      term, mass = self.relax_term(perm, m, y_top, y_rest, where & (count > m), stage=s, scores=stage_scores[s],
+                                   where=where)
       relax.append(term)
       glob.append(permutation_cross_entropy(perm, target, rows, eps=eps, per_item=per_item))
       aux[f"soft_recall/{name}"] = list_mean(mass, where=(y_top > 0.5) & (count > m))
@@ -183,5 +210,6 @@ class ARFv2(ARF):
 
   name = "arf_v2"
   defaults = {**{k: v for k, v in ARF.defaults.items() if k != "top_mass"},
-              "normaliser_grad": False, "normaliser_eps": 1e-6}
+              "normaliser_grad": False, "normaliser_eps": 1e-6, "topk_method": "sort_method",
+              "topk_temperature": "temperature"}
   down_term = True

@@ -6,7 +6,8 @@ candidate i's column. Its soft top-k membership and the rest of its mass are
 
     m_s(i) = sum_{r < k} P_s[r, i] / (c_s(i) + eps_n),     r_s(i) = sum_{r >= k} P_s[r, i] / (c_s(i) + eps_n)
 
-(`cascadejax.ops.soft_topk.split_mass`; the threshold operator gives m_s = p_s, r_s = 1 - p_s).
+(`cascadejax.ops.soft_topk.split_mass`). A membership operator (`threshold`, `dftopk`, `lapsum`,
+`sparse_topk`: `soft_topk.MEMBERSHIP_OPERATORS`) gives p_s directly: m_s = p_s, r_s = 1 - p_s.
 The ground truth is read from the label order: y_top(i) and y_rest(i) are the shares of i's rank in
 the label permutation above and below rank gt_num (`common.label_split`: 1/0 or 0/1 without ties).
 With means over valid candidates, then over requests:
@@ -23,7 +24,9 @@ L_relax,s + L_joint). Requests with no more than k valid candidates get no L_rel
 
 Options (`config.method.lcron`); the defaults compute what the authors' code computes
 (kwai/LCRON, checked against its numbers by tests/test_reference_fidelity.py):
-  topk_method: "neural_sort" (the paper), "soft_sort" or "threshold" (O(n) memory).
+  topk_method: "neural_sort" (the paper), "soft_sort", or a membership operator with O(n) memory:
+    "threshold", "dftopk", "lapsum", "sparse_topk" (`cascadejax.ops.soft_topk.TOPK_OPERATORS`;
+    DFTopK's published comparison runs dftopk at temperature 500, lapsum at 5, sparse_topk at 1).
   temperature: one float for every stage, or one per stage (published: 50).
   relax_k, joint_k: the k of each stage's membership in each term: "gt_num" (every stage at
     k = gt_num: the published code's setting for both terms, whatever k's are configured),
@@ -52,7 +55,7 @@ from cascadejax.methods.base import CascadeMethod
 from cascadejax.methods.common import label_split, per_stage_option, stage_ks_option
 from cascadejax.ops.ranking_utils import list_mean
 from cascadejax.ops.soft_sort import neural_sort, soft_sort
-from cascadejax.ops.soft_topk import TOPK_OPERATORS
+from cascadejax.ops.soft_topk import MEMBERSHIP_OPERATORS, TOPK_OPERATORS
 from cascadejax.ops.soft_topk import soft_topk, split_mass
 
 TIE_WEIGHTINGS = ("published", "fraction", "count")
@@ -105,8 +108,8 @@ class LCRON(CascadeMethod):
     """`[S, B, N]` soft top-k_s membership m_s of every candidate at every stage, and the rest r_s."""
     o, tops, rests = self.options, [], []
     for s, k in enumerate(ks):
-      if o["topk_method"] == "threshold":
-        top = soft_topk(stage_scores[s], k, where=where, method="threshold", temperature=self.temperatures[s])
+      if o["topk_method"] in MEMBERSHIP_OPERATORS:
+        top = soft_topk(stage_scores[s], k, where=where, method=o["topk_method"], temperature=self.temperatures[s])
         rest = jnp.where(where, 1.0 - top, 0.0)
       else:
         relax = neural_sort if o["topk_method"] == "neural_sort" else soft_sort
