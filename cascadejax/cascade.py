@@ -25,6 +25,9 @@ from cascadejax.data.schema import FeatureSpec
 from cascadejax.embedding.collection import EmbeddingCollection, EmbeddingConfig
 
 
+RETRIEVAL_MODELS = ("two_tower", "dssm")  # stage models that retrieve from a corpus (`Cascade.query_vectors`)
+
+
 @dataclasses.dataclass(frozen=True)
 class StageSpec:
   """One stage: a name, a model (by registry name) with its hyperparameters, and its k."""
@@ -94,6 +97,32 @@ class Cascade(nn.Module):
     """`[B, N]` scores of stage `stage` (0-based) for every candidate slot."""
     name = self.stages[stage].name
     return self.scorers[name](self.embedders[name](user, items), train=train)
+
+  def _retrieval_model(self, stage: int) -> nn.Module:
+    spec = self.stages[stage]
+    if not all(hasattr(type(self.scorers[spec.name]), m) for m in ("query_vector", "item_vectors")):
+      raise ValueError(f"config.cascade.{spec.name}.model={spec.model!r} does not score by an inner product of "
+                       f"a query and an item vector, so it cannot retrieve from the corpus; use one of {RETRIEVAL_MODELS}")
+    return self.scorers[spec.name]
+
+  def _placeholder(self, side: str, batch: int) -> dict[str, jax.Array]:
+    """Padding ids for the features of `side`, so one side of the towers can be run alone."""
+    return {f.name: jnp.zeros((batch, 1), jnp.int32) if f.sequence or side == "items" else jnp.zeros((batch,), jnp.int32)
+            for f in self.features if f.side == side}
+
+  def query_vectors(self, user: Mapping[str, jax.Array], *, stage: int = 0) -> jax.Array:
+    """`[B, d]`: stage `stage`'s query vectors; with `item_vectors`, <q_b, v_i> is its score of item i
+    for request b (what `__call__` gives on a candidate list, for any list)."""
+    name = self.stages[stage].name
+    batch = next(iter(user.values())).shape[0]
+    return self._retrieval_model(stage).query_vector(self.embedders[name](user, self._placeholder("items", batch)))
+
+  def item_vectors(self, items: Mapping[str, jax.Array], *, stage: int = 0) -> jax.Array:
+    """`[B, N, d]`: stage `stage`'s vectors of the items `items` (`[B, N]` rows of every item
+    feature), independent of any request (see `query_vectors`)."""
+    name = self.stages[stage].name
+    batch = next(iter(items.values())).shape[0]
+    return self._retrieval_model(stage).item_vectors(self.embedders[name](self._placeholder("user", batch), items))
 
   def __call__(self, user: Mapping[str, jax.Array], items: Mapping[str, jax.Array],
                *, train: bool = False) -> CascadeOutput:

@@ -18,7 +18,8 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from cascadejax import data as data_lib
-from cascadejax.cascade import CascadeSection
+from cascadejax.cascade import RETRIEVAL_MODELS, CascadeSection
+from cascadejax.corpus.evaluation import CorpusSection
 from cascadejax.embedding.collection import EmbeddingSection
 from cascadejax import models
 from cascadejax.mesh import MeshSection
@@ -77,7 +78,7 @@ class TrainSection(Section):
 
 
 SECTIONS: tuple[type[Section], ...] = (data_lib.DataSection, EmbeddingSection, OptimizerSection, TrainSection,
-                                       MeshSection, RerankSection, MultitaskSection)
+                                       MeshSection, RerankSection, MultitaskSection, CorpusSection)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +95,7 @@ class Sections:
   mesh: MeshSection
   rerank: RerankSection
   multitask: MultitaskSection
+  corpus: CorpusSection
 
 
 def _section(config: ConfigDict, key: str) -> ConfigDict:
@@ -138,8 +140,14 @@ def validate(config: ConfigDict) -> Sections:
   if train.eval_split == "valid" and not data.valid_fraction:
     raise ValueError("config.train.eval_split='valid' needs a validation split: set config.data.valid_fraction "
                      "> 0 (the share of the training requests moved into it)")
+  corpus = CorpusSection.parse(config.get("corpus", None))
+  first = cascade.stages[0]
+  for key, on in (("evaluate", corpus.evaluate), ("negatives", corpus.negatives != "none")):
+    if on and first.model not in RETRIEVAL_MODELS:
+      raise ValueError(f"config.corpus.{key} retrieves from the corpus with the first stage, but "
+                       f"config.cascade.{first.name}.model={first.model!r} is not one of {RETRIEVAL_MODELS}")
   return Sections(seed=seed, data=data, cascade=cascade, embedding=embedding, method=method, optimizer=optimizer,
-                  train=train, mesh=mesh, rerank=rerank, multitask=multitask)
+                  train=train, mesh=mesh, rerank=rerank, multitask=multitask, corpus=corpus)
 
 
 def from_file(path: str) -> ConfigDict:

@@ -72,14 +72,17 @@ def rerank_metrics(exp: Experiment, params: Any, split: str = "test",
 
 def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None,
                      rerank_overrides: dict[str, Any] | None = None,
-                     mesh_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+                     mesh_shape: tuple[int, ...] | None = None, corpus: bool = False) -> dict[str, Any]:
   """Evaluates the checkpoint and appends the report to `metrics.jsonl`; returns the report.
 
   The report includes `rerank_metrics` when `config.rerank.method` is not "none" or
-  `rerank_overrides` are given. `mesh_shape` is as in `workdir.restore`.
+  `rerank_overrides` are given, and the full-corpus metrics (`Experiment.evaluate_corpus`) with
+  `corpus` or `config.corpus.evaluate`. `mesh_shape` is as in `workdir.restore`.
   """
   exp, state = workdir_lib.restore(workdir, step, mesh_shape)
   metrics_ = exp.evaluate(state.params["cascade"], split)
+  if corpus or exp.sections.corpus.evaluate:
+    metrics_.update(exp.evaluate_corpus(state.params["cascade"], split))
   if rerank_overrides or exp.sections.rerank.method != "none":
     metrics_.update(rerank_metrics(exp, state.params["cascade"], split, rerank_overrides))
   writer = metric_writer.MetricWriter(workdir)
@@ -117,6 +120,8 @@ def define_flags() -> None:
   flags.DEFINE_multi_string("rerank", [], "KEY=VALUE: a re-ranking option overriding config.rerank (repeatable), "
                             "e.g. --rerank method=mmr --rerank k=5.")
   flags.DEFINE_bool("json", False, "Print the report as JSON instead of a table.")
+  flags.DEFINE_bool("corpus", False, "Also evaluate the cascade from the whole item corpus (retrieval from every "
+                    "item, then the later stages; see cascadejax.corpus.evaluation).")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -128,7 +133,8 @@ def main(argv: Sequence[str]) -> None:
     overrides = rerank_overrides(FLAGS.rerank)
   except ValueError as err:
     raise app.UsageError(str(err)) from None
-  report = evaluate_workdir(FLAGS.workdir, FLAGS.split, FLAGS.step, overrides or None, FLAGS.mesh_shape)
+  report = evaluate_workdir(FLAGS.workdir, FLAGS.split, FLAGS.step, overrides or None, FLAGS.mesh_shape,
+                            corpus=FLAGS.corpus)
   print(json.dumps(report, indent=2) if FLAGS.json else metric_writer.table(report))
 
 

@@ -21,6 +21,7 @@ from ml_collections import ConfigDict
 from cascadejax import cascade as cascade_lib
 from cascadejax import configuration, data as data_lib, metrics, mesh as mesh_lib, multitask
 from cascadejax.checkpoint import Checkpointer
+from cascadejax.corpus import evaluation as corpus_eval, training as corpus_training
 from cascadejax.data import pipeline
 from cascadejax.data.schema import CascadeBatch, CascadeData
 from cascadejax.embedding import update as update_lib
@@ -167,11 +168,21 @@ class Experiment:
     return jax.tree.map(lambda _: mesh_lib.batch_sharding(self.mesh), self._sample())
 
   @functools.cached_property
+  def _corpus_arrays(self) -> tuple[str, dict[str, Any]] | None:
+    """(key feature, corpus arrays) for the corpus-negatives term, None when it is off."""
+    section = self.sections.corpus
+    if section.negatives == "none":
+      return None
+    corpus = data_lib.corpus(self.config.data, self.data)
+    return corpus.key, corpus_training.device_arrays(corpus, section.smoothing)
+
+  @functools.cached_property
   def train_step(self):
     """Jitted `(state, batch) -> (state, metrics)`; the state's buffers are donated."""
     train_key = self._keys()[1]
+    corpus_key, corpus_arrays = self._corpus_arrays or (None, None)
 
-    def step(state: TrainState, batch: CascadeBatch):
+    def step(state: TrainState, batch: CascadeBatch, arrays: Any = None):
       dropout_rng, method_rng = jax.random.split(jax.random.fold_in(train_key, state.step))
 
       def loss_fn(params, variables):  # variables: extra collections of the update path (or None)
@@ -183,6 +194,13 @@ class Experiment:
           task_loss, terms = multitask.loss(out.aux, batch, num_stages=len(self.cascade.stages),
                                             weights=tasks.task_weights)
           loss, aux = loss + tasks.weight * task_loss, {**aux, **terms, "loss/tasks": task_loss}
+        c = self.sections.corpus
+        if arrays is not None:  # the retrieval stage against corpus negatives (`cascadejax.corpus.training`)
+          corpus_loss = corpus_training.loss(
+              self.cascade, {"params": params["cascade"], **(variables or {})}, batch, arrays, key=corpus_key,
+              gt_num=self.sections.cascade.gt_num, negatives=c.negatives, num_negatives=c.num_negatives,
+              temperature=c.temperature, log_q=c.log_q, rng=jax.random.fold_in(method_rng, 1))
+          loss, aux = loss + c.weight * corpus_loss, {**aux, "loss/corpus": corpus_loss}
         return loss, aux
 
       (loss, aux), grads = self.update.value_and_grad(loss_fn, state.params, batch)
@@ -195,8 +213,12 @@ class Experiment:
       return new_state, {"loss": loss, "grad_norm": grad_norm, **aux}
 
     replicated = mesh_lib.replicated(self.mesh)
-    return self._in_mesh(jax.jit(step, in_shardings=(self.state_sharding, self._batch_sharding),
-                                 out_shardings=(self.state_sharding, replicated), donate_argnums=0))
+    if corpus_arrays is None:
+      return self._in_mesh(jax.jit(step, in_shardings=(self.state_sharding, self._batch_sharding),
+                                   out_shardings=(self.state_sharding, replicated), donate_argnums=0))
+    jitted = self._in_mesh(jax.jit(step, in_shardings=(self.state_sharding, self._batch_sharding, replicated),
+                                   out_shardings=(self.state_sharding, replicated), donate_argnums=0))
+    return lambda state, batch: jitted(state, batch, corpus_arrays)
 
   @functools.cached_property
   def eval_step(self):
@@ -216,6 +238,21 @@ class Experiment:
   def evaluate(self, params: Any, split: str = "test") -> dict[str, float]:
     """Metrics of the cascade with `params` (the cascade's part) over a whole split."""
     return self.over_split(self.eval_step, params, split)
+
+  def evaluate_corpus(self, params: Any, split: str = "test") -> dict[str, float]:
+    """Full-corpus metrics of the cascade with `params` over a whole split (`cascadejax.corpus.evaluation`:
+    stage 1 retrieves from every item of the data's corpus, the later stages rank what it retrieved)."""
+    section = self.sections.corpus
+    corpus = data_lib.corpus(self.config.data, self.data)
+    table = corpus_eval.item_table(self.cascade, params, corpus, item_batch=section.item_batch, wrap=self._in_mesh)
+    items = {f: jnp.asarray(v) for f, v in corpus.items.items()}
+    index = jnp.asarray(corpus.index())
+    replicated = mesh_lib.replicated(self.mesh)
+    fn = functools.partial(corpus_eval.corpus_metrics, self.cascade, key=corpus.key, section=section,
+                           gt_num=self.sections.cascade.gt_num, stage_names=self.stage_names)
+    jitted = self._in_mesh(jax.jit(fn, in_shardings=(self.state_sharding.params["cascade"], self._batch_sharding,
+                                                     replicated, replicated, replicated), out_shardings=replicated))
+    return self.over_split(lambda p, batch: jitted(p, batch, table, items, index), params, split)
 
   def over_split(self, step: Any, params: Any, split: str = "test") -> dict[str, float]:
     """Means over a whole split of a jitted `step(params, batch) -> {metric: (sum, count)}`: the

@@ -11,8 +11,22 @@ and history length symbolic) and its parameters, plus a manifest:
   D/vocab/<table>.arrow, .json    for data read through vocabularies (the logs reader): raw id -> row,
                                   so serving maps raw ids as training did (`ExportedCascade.rows`)
 
+and, with an item corpus and a first stage that scores by an inner product (`two_tower`, `dssm`),
+the retrieval index:
+
+  D/index/vectors.npy             [M, d] float32: the first stage's vector of every corpus item
+  D/index/items.npz               [M] int32 rows of every item feature of the corpus items (the key
+                                  feature identifies them; the vocabularies map rows to raw ids)
+  D/<stage 1>/query.jax           serialized (params, user) -> [B, d] query vectors; score = <q, v>
+
+`vectors.npy` is a plain float32 matrix, so it loads into FAISS as an inner-product index:
+`index = faiss.IndexFlatIP(d); index.add(np.load("D/index/vectors.npy"))`, then
+`index.search(queries, k)` with the `query.jax` vectors (`ExportedCascade.query_vectors`); its
+row numbers are positions in `items.npz`.
+
 `load(D)` rebuilds an `ExportedCascade` from these files alone (no config, checkpoint or model
-code) that scores a `CascadeBatch` with every stage and runs the hard cascade selection.
+code) that scores a `CascadeBatch` with every stage and runs the hard cascade selection, and, with an
+index, retrieves from the corpus (`retrieve`) and runs the whole cascade from it (`cascade`).
 """
 
 from __future__ import annotations
@@ -26,10 +40,11 @@ import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from jax import export as jax_export
 
-from cascadejax.cascade import Cascade, stage_param_names
+from cascadejax.cascade import RETRIEVAL_MODELS, Cascade, stage_param_names
+from cascadejax.corpus.topk import exact_top_k
 from cascadejax.ops.selection import select
 from cascadejax.data.schema import CascadeBatch
 
@@ -43,9 +58,10 @@ def _feature_specs(features, b, n, length) -> tuple[dict, dict]:
 
 def export_cascade(cascade: Cascade, params: Mapping[str, Any], out: str, *, gt_num: int,
                    platforms: tuple[str, ...] = ("cpu",), step: int | None = None,
-                   vocab_dir: str | None = None) -> dict[str, Any]:
-  """Writes every stage of `cascade` (with the cascade parameters `params`) to directory `out`, and
-  the vocabularies in `vocab_dir` (the data's `report["vocab_dir"]`, if it has one) to `out/vocab`.
+                   vocab_dir: str | None = None, corpus: Any = None) -> dict[str, Any]:
+  """Writes every stage of `cascade` (with the cascade parameters `params`) to directory `out`, the
+  vocabularies in `vocab_dir` (the data's `report["vocab_dir"]`, if it has one) to `out/vocab`, and
+  with `corpus` (a `cascadejax.data.item_corpus.Corpus`) the retrieval index of its items.
 
   Returns:
     The manifest (also written to `out/manifest.json`).
@@ -68,8 +84,11 @@ def export_cascade(cascade: Cascade, params: Mapping[str, Any], out: str, *, gt_
     with open(os.path.join(out, stage.name, "params.msgpack"), "wb") as f:
       f.write(flax.serialization.msgpack_serialize(stage_params))
     stages.append({"name": stage.name, "k": stage.k, "model": stage.model})
+  index = None
+  if corpus is not None:
+    index = _write_index(cascade, params, corpus, out, platforms, user_spec)
   manifest = {
-      "stages": stages, "gt_num": gt_num, "platforms": list(platforms), "step": step,
+      "stages": stages, "gt_num": gt_num, "platforms": list(platforms), "step": step, "index": index,
       "features": [{"name": f.name, "side": f.side, "sequence": f.sequence, "vocab_size": f.vocab_size,
                     "table": f.table} for f in cascade.features],
       "vocab": _copy_vocab(vocab_dir, out, cascade.features),
@@ -78,6 +97,31 @@ def export_cascade(cascade: Cascade, params: Mapping[str, Any], out: str, *, gt_
   with open(os.path.join(out, "manifest.json"), "w") as f:
     json.dump(manifest, f, indent=2)
   return manifest
+
+
+def _write_index(cascade: Cascade, params, corpus, out: str, platforms, user_spec) -> dict[str, Any]:
+  """The first stage's item vectors of every corpus item, the items' rows and the query tower."""
+  from cascadejax.corpus.evaluation import item_table  # noqa: PLC0415 (only the exporter runs the towers)
+
+  first = cascade.stages[0]
+  if first.model not in RETRIEVAL_MODELS:
+    raise ValueError(f"export: the index needs a first stage that scores by an inner product ({RETRIEVAL_MODELS}); "
+                     f"config.cascade.{first.name}.model is {first.model!r}")
+  os.makedirs(os.path.join(out, "index"), exist_ok=True)
+  vectors = np.asarray(item_table(cascade, params, corpus), np.float32)
+  np.save(os.path.join(out, "index", "vectors.npy"), vectors)
+  np.savez(os.path.join(out, "index", "items.npz"), **{f: np.asarray(v, np.int32) for f, v in corpus.items.items()})
+  stage_params = jax.device_get({k: params[k] for k in stage_param_names(cascade, 0)})
+
+  def query(p, user):
+    return cascade.apply({"params": p}, user, method=Cascade.query_vectors)
+
+  param_spec = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), stage_params)
+  exported = jax_export.export(jax.jit(query), platforms=platforms)(param_spec, user_spec)
+  with open(os.path.join(out, first.name, "query.jax"), "wb") as f:
+    f.write(exported.serialize())
+  return {"vectors": "index/vectors.npy", "items": "index/items.npz", "key": corpus.key, "size": len(corpus),
+          "dim": int(vectors.shape[1]), "metric": "inner_product", "query": f"{first.name}/query.jax"}
 
 
 def _copy_vocab(vocab_dir: str | None, out: str, features) -> str | None:
@@ -135,6 +179,53 @@ class ExportedCascade:
     rows, _ = vocab.lookup(pa.array(raw.ravel().tolist()), f"feature {feature!r}")
     return rows.reshape(raw.shape)
 
+  def _index(self) -> dict[str, Any]:
+    info = self.manifest.get("index")
+    if not info:
+      raise ValueError(f"{self._directory} holds no retrieval index (export it with an item corpus and a "
+                       "first stage that scores by an inner product)")
+    if not hasattr(self, "_vectors"):
+      self._vectors = jnp.asarray(np.load(os.path.join(self._directory, info["vectors"])))
+      with np.load(os.path.join(self._directory, info["items"])) as z:
+        self.corpus_items = {k: z[k] for k in z.files}
+      with open(os.path.join(self._directory, info["query"]), "rb") as f:
+        self._query = jax_export.deserialize(bytearray(f.read()))
+    return info
+
+  def query_vectors(self, user: Mapping[str, Any]) -> jax.Array:
+    """`[B, d]` query vectors of the first stage for the requests `user` (feature -> `[B]` or `[B, L]`)."""
+    self._index()
+    return self._query.call(self._params[0], {k: jnp.asarray(user[k], jnp.int32) for k in self._features["user"]})
+
+  def retrieve(self, user: Mapping[str, Any], k: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Each request's top k corpus items by the first stage (exact inner-product search of the index).
+
+    Returns:
+      (scores `[B, k]`, corpus positions `[B, k]` (-1 where the corpus has fewer than k items), and
+      item feature -> `[B, k]` rows of the retrieved items, 0 at empty positions).
+    """
+    self._index()
+    scores, idx = exact_top_k(self.query_vectors(user), self._vectors, k,
+                              chunk_size=min(32768, self._vectors.shape[0]))
+    idx = np.asarray(idx)
+    items = {f: np.where(idx >= 0, v[np.maximum(idx, 0)], 0) for f, v in self.corpus_items.items()}
+    return np.asarray(scores), idx, items
+
+  def cascade(self, user: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The cascade as it serves: stage 1 retrieves its k_1 from the index, every later stage keeps its
+    top k_s of the survivors.
+
+    Returns:
+      `positions` `[B, k_1]` (corpus positions retrieved, -1 = empty), `items` (their feature rows),
+      `scores` `[S, B, k_1]` and `alive` `[S, B, k_1]` bool (the survivors after each stage).
+    """
+    _, idx, items = self.retrieve(user, self.ks[0])
+    batch = CascadeBatch(user=dict(user), items=items, stage=np.zeros(idx.shape, np.int32),
+                         label=np.zeros(idx.shape, np.float32), mask=idx >= 0)
+    scores = self.score(batch)
+    return {"positions": idx, "items": items, "scores": np.asarray(scores),
+            "alive": np.asarray(select(scores, self.ks, where=jnp.asarray(idx >= 0)))}
+
   def score_stage(self, stage: int, batch: CascadeBatch) -> jax.Array:
     """`[B, N]` scores of stage `stage` (0-based) for every candidate slot."""
     user = {k: jnp.asarray(batch.user[k], jnp.int32) for k in self._features["user"]}
@@ -164,6 +255,8 @@ def define_flags() -> None:
   flags.adopt_module_key_flags(workdir)
   flags.DEFINE_string("out", None, "Directory to write the artifacts to.")
   flags.DEFINE_list("platforms", ["cpu"], "Comma-separated platforms to export for: any of cpu, cuda, rocm, tpu.")
+  flags.DEFINE_bool("index", True, "Also write the retrieval index of the data's item corpus (when the first "
+                    "stage scores by an inner product).")
   flags.mark_flag_as_required("out")
 
 
@@ -177,8 +270,18 @@ def main(argv: Sequence[str]) -> None:
   exp, state = workdir.restore(FLAGS.workdir, FLAGS.step, FLAGS.mesh_shape)
   manifest = export_cascade(exp.cascade, state.params["cascade"], FLAGS.out, gt_num=exp.config.cascade.gt_num,
                             platforms=tuple(FLAGS.platforms), step=int(state.step),
-                            vocab_dir=exp.data.report.get("vocab_dir"))
+                            vocab_dir=exp.data.report.get("vocab_dir"), corpus=_corpus(exp) if FLAGS.index else None)
   print(json.dumps(manifest, indent=2))
+
+
+def _corpus(exp):
+  """The run's item corpus, or None (with a note) when its first stage cannot retrieve from one."""
+  from cascadejax import data as data_lib  # noqa: PLC0415 (the loader needs none of the training code)
+
+  if exp.cascade.stages[0].model not in RETRIEVAL_MODELS:
+    logging.warning(f"no retrieval index: the first stage's model {exp.cascade.stages[0].model!r} is not one of {RETRIEVAL_MODELS}")
+    return None
+  return data_lib.corpus(exp.config.data, exp.data)
 
 
 if __name__ == "__main__":

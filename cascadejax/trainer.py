@@ -158,7 +158,10 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, mesh: Mesh | None = 
   bar.close()
 
   # ---- final evaluation ----
-  report = writer.write(cfg.steps, exp.evaluate(state.params["cascade"], eval_split), split=eval_split,
+  final = exp.evaluate(state.params["cascade"], eval_split)
+  if exp.sections.corpus.evaluate:  # the cascade as it serves: retrieval from every item
+    final.update(exp.evaluate_corpus(state.params["cascade"], eval_split))
+  report = writer.write(cfg.steps, final, split=eval_split,
                         final=True, **({"test_days": test_days} if test_days else {}))
   checkpointer.wait()
   checkpointer.close()

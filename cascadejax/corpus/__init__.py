@@ -7,6 +7,10 @@ retrieved items against each request's ground truth.
     recall = retrieval_recall(index, targets [B, G], where=target_mask)
 
 Every function is pure and jittable; none forms a `[B, num_items]` matrix (see `topk`).
+
+On top of them, for a cascade: `evaluation` (the cascade evaluated from the whole corpus,
+`config.corpus`) and `training` (the retrieval stage against in-batch or sampled corpus negatives
+with the logQ correction). docs/corpus.md walks through both and the exported index.
 """
 
 from cascadejax.corpus.metrics import retrieval_hits, retrieval_ndcg, retrieval_recall

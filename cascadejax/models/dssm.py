@@ -82,6 +82,16 @@ class DSSM(nn.Module):
       return v
     return v * jax.lax.rsqrt(jnp.maximum((v * v).sum(-1, keepdims=True), 1e-12))
 
+  def query_vector(self, emb: Embedded) -> jax.Array:
+    """`[B, out_dim]`: the query whose inner product with `item_vectors` is the serving score (the
+    temperature folded in for cosine scores)."""
+    u = self.encode_users(emb)
+    return u if self.score == "dot" else u / self.temperature
+
+  def item_vectors(self, emb: Embedded) -> jax.Array:
+    """`[B, N, out_dim]`: the corpus side of the serving score <query_vector, item_vectors>."""
+    return self.encode_items(emb)
+
   def __call__(self, emb: Embedded, *, train: bool = False) -> jax.Array:
     """`[B, N]` scores."""
     s = jnp.einsum("bd,bnd->bn", self.encode_users(emb, train=train), self.encode_items(emb, train=train))

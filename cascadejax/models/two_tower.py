@@ -45,6 +45,14 @@ class TwoTower(nn.Module):
     """`[B, N, out_dim]` candidate vectors."""
     return self.item_out(self.item_tower(emb.item_matrix(), train=train))
 
+  def query_vector(self, emb: Embedded) -> jax.Array:
+    """`[B, out_dim]`: the query whose inner product with `item_vectors` is the serving score."""
+    return self.encode_users(emb)
+
+  def item_vectors(self, emb: Embedded) -> jax.Array:
+    """`[B, N, out_dim]`: the corpus side of the serving score <query_vector, item_vectors>."""
+    return self.encode_items(emb)
+
   def __call__(self, emb: Embedded, *, train: bool = False) -> jax.Array:
     """`[B, N]` scores."""
     u = self.encode_users(emb, train=train)
