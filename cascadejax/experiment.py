@@ -15,13 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
 from cascadejax import cascade as cascade_lib
 from cascadejax import configuration, data as data_lib, metrics, mesh as mesh_lib, multitask
 from cascadejax.checkpoint import Checkpointer
 from cascadejax.corpus import evaluation as corpus_eval, training as corpus_training
+from cascadejax.corpus.sharded import pad_corpus
 from cascadejax.data import pipeline
 from cascadejax.data.schema import CascadeBatch, CascadeData
 from cascadejax.embedding import update as update_lib
@@ -248,11 +249,20 @@ class Experiment:
     items = {f: jnp.asarray(v) for f, v in corpus.items.items()}
     index = jnp.asarray(corpus.index())
     replicated = mesh_lib.replicated(self.mesh)
+    rows = replicated
+    sharded = self.mesh.size > 1  # the item table's rows split over every device, one merge of their top-k
+    if sharded:
+      rows = NamedSharding(self.mesh, PartitionSpec(tuple(self.mesh.axis_names)))
+      table, valid = pad_corpus(table, None, self.mesh.size)
+      table, valid = jax.device_put(table, rows), jax.device_put(valid, rows)
     fn = functools.partial(corpus_eval.corpus_metrics, self.cascade, key=corpus.key, section=section,
-                           gt_num=self.sections.cascade.gt_num, stage_names=self.stage_names)
-    jitted = self._in_mesh(jax.jit(fn, in_shardings=(self.state_sharding.params["cascade"], self._batch_sharding,
-                                                     replicated, replicated, replicated), out_shardings=replicated))
-    return self.over_split(lambda p, batch: jitted(p, batch, table, items, index), params, split)
+                           gt_num=self.sections.cascade.gt_num, stage_names=self.stage_names,
+                           mesh=self.mesh if sharded else None)
+    jitted = self._in_mesh(jax.jit(lambda p, b, t, i, x, w: fn(p, b, t, i, x, where=w), out_shardings=replicated,
+                                   in_shardings=(self.state_sharding.params["cascade"], self._batch_sharding,
+                                                 rows, replicated, replicated, rows if sharded else None)))
+    return self.over_split(lambda p, batch: jitted(p, batch, table, items, index, valid if sharded else None),
+                           params, split)
 
   def over_split(self, step: Any, params: Any, split: str = "test") -> dict[str, float]:
     """Means over a whole split of a jitted `step(params, batch) -> {metric: (sum, count)}`: the

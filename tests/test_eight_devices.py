@@ -4,7 +4,9 @@ device count is fixed once JAX starts) and reported here one by one:
 - `tests/embedding_sharded_cases.py`: routed lookups and gradients against `jnp.take`, sparse
   updates against optax, a (2 data x 4 model) training run against one device;
 - `tests/checkpoint_move_cases.py`: checkpoints moving 8 -> 1 and 1 -> 8 devices, row-sharded
-  tables re-laid out on the way.
+  tables re-laid out on the way;
+- `tests/corpus_sharded_cases.py`: full-corpus evaluation with the item table split over 8 devices
+  against one device.
 
 (The `_cases` names keep the parent pytest from collecting them in a process whose devices are fixed.)
 """
@@ -13,10 +15,10 @@ import inspect
 
 import pytest
 
-from tests import checkpoint_move_cases, embedding_sharded_cases
+from tests import checkpoint_move_cases, corpus_sharded_cases, embedding_sharded_cases
 from tests.conftest import check_child_case, run_on_cpu_devices
 
-MODULES = (embedding_sharded_cases, checkpoint_move_cases)
+MODULES = (embedding_sharded_cases, checkpoint_move_cases, corpus_sharded_cases)
 CASES = sorted(f"{m.__name__.split('.')[-1]}.{n}" for m in MODULES
                for n, f in inspect.getmembers(m, inspect.isfunction) if n.startswith("test_"))
 

@@ -27,9 +27,11 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from cascadejax.cascade import Cascade
 from cascadejax.corpus.metrics import retrieval_ndcg, retrieval_recall
+from cascadejax.corpus.sharded import sharded_top_k
 from cascadejax.corpus.topk import DEFAULT_CHUNK, approx_top_k, exact_top_k
 from cascadejax.data.item_corpus import Corpus
 from cascadejax.data.schema import CascadeBatch
@@ -121,7 +123,8 @@ def item_table(cascade: Cascade, params: Any, corpus: Corpus, *, item_batch: int
 
 def corpus_metrics(cascade: Cascade, params: Any, batch: CascadeBatch, table: jax.Array,
                    items: Mapping[str, jax.Array], index: jax.Array, *, key: str, gt_num: int,
-                   stage_names: Sequence[str], section: CorpusSection = CorpusSection()
+                   stage_names: Sequence[str], section: CorpusSection = CorpusSection(),
+                   where: jax.Array | None = None, mesh: Mesh | None = None
                    ) -> dict[str, tuple[jax.Array, jax.Array]]:
   """The full-corpus metrics of one batch (see the module docstring), as `name -> (sum, count)`.
 
@@ -135,14 +138,21 @@ def corpus_metrics(cascade: Cascade, params: Any, batch: CascadeBatch, table: ja
     key: the item feature identifying items.
     gt_num, stage_names: the ground truth's size and the stages' names.
     section: the top-k settings.
+    where: optional `[M]` bool, False for rows of `table` that are padding (`pad_corpus`).
+    mesh: with more than one device, `table`'s rows are split over all its axes and each device
+      takes the top k_1 of its rows before one merge (`sharded_top_k`); the result is the same.
   """
   variables = {"params": params}
   ks = cascade.ks
   q = cascade.apply(variables, batch.user, method=Cascade.query_vectors)
-  if section.top_k == "exact":
-    _, idx = exact_top_k(q, table, ks[0], chunk_size=min(section.chunk_size, table.shape[0]))
+  if mesh is not None and mesh.size > 1:
+    _, idx = sharded_top_k(q, table, ks[0], mesh=mesh, item_axes=tuple(mesh.axis_names), where=where,
+                           approximate=section.top_k == "approx", recall_target=section.recall_target,
+                           chunk_size=min(section.chunk_size, table.shape[0] // mesh.size))
+  elif section.top_k == "exact":
+    _, idx = exact_top_k(q, table, ks[0], where=where, chunk_size=min(section.chunk_size, table.shape[0]))
   else:
-    _, idx = approx_top_k(q, table, ks[0], recall_target=section.recall_target,
+    _, idx = approx_top_k(q, table, ks[0], where=where, recall_target=section.recall_target,
                           chunk_size=min(section.chunk_size, table.shape[0]))
   got = idx >= 0
   retrieved = {f: jnp.where(got, col[jnp.maximum(idx, 0)], 0) for f, col in items.items()}
