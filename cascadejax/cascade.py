@@ -25,7 +25,7 @@ from cascadejax.data.schema import FeatureSpec
 from cascadejax.embedding.collection import EmbeddingCollection, EmbeddingConfig
 
 
-RETRIEVAL_MODELS = ("two_tower", "dssm")  # stage models that retrieve from a corpus (`Cascade.query_vectors`)
+RETRIEVAL_MODELS = ("two_tower", "dssm", "moe_nominators")  # stage models that retrieve from a corpus (`Cascade.query_vectors`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +112,8 @@ class Cascade(nn.Module):
 
   def query_vectors(self, user: Mapping[str, jax.Array], *, stage: int = 0) -> jax.Array:
     """`[B, d]`: stage `stage`'s query vectors; with `item_vectors`, <q_b, v_i> is its score of item i
-    for request b (what `__call__` gives on a candidate list, for any list)."""
+    for request b (what `__call__` gives on a candidate list, for any list). A model with item pools
+    (`moe_nominators`) gives `[B, E, d]`, one query per pool (`item_pools`)."""
     name = self.stages[stage].name
     batch = next(iter(user.values())).shape[0]
     return self._retrieval_model(stage).query_vector(self.embedders[name](user, self._placeholder("items", batch)))
@@ -123,6 +124,15 @@ class Cascade(nn.Module):
     name = self.stages[stage].name
     batch = next(iter(items.values())).shape[0]
     return self._retrieval_model(stage).item_vectors(self.embedders[name](self._placeholder("user", batch), items))
+
+  def item_pools(self, items: Mapping[str, jax.Array], *, stage: int = 0) -> jax.Array | None:
+    """`[B, N]` int32 serving pool of each item for a model with pools (`moe_nominators`), else None."""
+    name = self.stages[stage].name
+    model = self._retrieval_model(stage)
+    if not hasattr(type(model), "item_pools"):
+      return None
+    batch = next(iter(items.values())).shape[0]
+    return model.item_pools(self.embedders[name](self._placeholder("user", batch), items))
 
   def __call__(self, user: Mapping[str, jax.Array], items: Mapping[str, jax.Array],
                *, train: bool = False) -> CascadeOutput:

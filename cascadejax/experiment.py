@@ -246,23 +246,27 @@ class Experiment:
     section = self.sections.corpus
     corpus = data_lib.corpus(self.config.data, self.data)
     table = corpus_eval.item_table(self.cascade, params, corpus, item_batch=section.item_batch, wrap=self._in_mesh)
+    pools = (corpus_eval.item_table(self.cascade, params, corpus, item_batch=section.item_batch, wrap=self._in_mesh,
+                                    method=cascade_lib.Cascade.item_pools)
+             if corpus_eval.has_pools(self.cascade) else None)
     items = {f: jnp.asarray(v) for f, v in corpus.items.items()}
     index = jnp.asarray(corpus.index())
     replicated = mesh_lib.replicated(self.mesh)
-    rows = replicated
+    rows, valid = replicated, None
     sharded = self.mesh.size > 1  # the item table's rows split over every device, one merge of their top-k
     if sharded:
       rows = NamedSharding(self.mesh, PartitionSpec(tuple(self.mesh.axis_names)))
       table, valid = pad_corpus(table, None, self.mesh.size)
-      table, valid = jax.device_put(table, rows), jax.device_put(valid, rows)
+      pools = None if pools is None else jnp.pad(pools, (0, table.shape[0] - pools.shape[0]))
+      table, valid, pools = jax.device_put((table, valid, pools), rows)
     fn = functools.partial(corpus_eval.corpus_metrics, self.cascade, key=corpus.key, section=section,
                            gt_num=self.sections.cascade.gt_num, stage_names=self.stage_names,
                            mesh=self.mesh if sharded else None)
-    jitted = self._in_mesh(jax.jit(lambda p, b, t, i, x, w: fn(p, b, t, i, x, where=w), out_shardings=replicated,
+    jitted = self._in_mesh(jax.jit(lambda p, b, t, i, x, w, g: fn(p, b, t, i, x, where=w, pools=g),
+                                   out_shardings=replicated,
                                    in_shardings=(self.state_sharding.params["cascade"], self._batch_sharding,
-                                                 rows, replicated, replicated, rows if sharded else None)))
-    return self.over_split(lambda p, batch: jitted(p, batch, table, items, index, valid if sharded else None),
-                           params, split)
+                                                 rows, replicated, replicated, rows, rows)))
+    return self.over_split(lambda p, batch: jitted(p, batch, table, items, index, valid, pools), params, split)
 
   def over_split(self, step: Any, params: Any, split: str = "test") -> dict[str, float]:
     """Means over a whole split of a jitted `step(params, batch) -> {metric: (sum, count)}`: the

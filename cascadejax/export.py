@@ -18,6 +18,8 @@ the retrieval index:
   D/index/items.npz               [M] int32 rows of every item feature of the corpus items (the key
                                   feature identifies them; the vocabularies map rows to raw ids)
   D/<stage 1>/query.jax           serialized (params, user) -> [B, d] query vectors; score = <q, v>
+  D/index/pools.npy               [M] int32 item pools, for `moe_nominators` (queries [B, E, d], one
+                                  per pool, the pools' top k merged round-robin)
 
 `vectors.npy` is a plain float32 matrix, so it loads into FAISS as an inner-product index:
 `index = faiss.IndexFlatIP(d); index.add(np.load("D/index/vectors.npy"))`, then
@@ -31,6 +33,7 @@ index, retrieves from the corpus (`retrieve`) and runs the whole cascade from it
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -44,6 +47,7 @@ from absl import app, flags, logging
 from jax import export as jax_export
 
 from cascadejax.cascade import RETRIEVAL_MODELS, Cascade, stage_param_names
+from cascadejax.corpus.pooled import pooled_top_k
 from cascadejax.corpus.topk import exact_top_k
 from cascadejax.ops.selection import select
 from cascadejax.data.schema import CascadeBatch
@@ -101,7 +105,7 @@ def export_cascade(cascade: Cascade, params: Mapping[str, Any], out: str, *, gt_
 
 def _write_index(cascade: Cascade, params, corpus, out: str, platforms, user_spec) -> dict[str, Any]:
   """The first stage's item vectors of every corpus item, the items' rows and the query tower."""
-  from cascadejax.corpus.evaluation import item_table  # noqa: PLC0415 (only the exporter runs the towers)
+  from cascadejax.corpus.evaluation import has_pools, item_table  # noqa: PLC0415 (only the exporter runs the towers)
 
   first = cascade.stages[0]
   if first.model not in RETRIEVAL_MODELS:
@@ -111,6 +115,10 @@ def _write_index(cascade: Cascade, params, corpus, out: str, platforms, user_spe
   vectors = np.asarray(item_table(cascade, params, corpus), np.float32)
   np.save(os.path.join(out, "index", "vectors.npy"), vectors)
   np.savez(os.path.join(out, "index", "items.npz"), **{f: np.asarray(v, np.int32) for f, v in corpus.items.items()})
+  pools = None
+  if has_pools(cascade):  # one query per item pool, merged round-robin (cascadejax.corpus.pooled)
+    pools = "index/pools.npy"
+    np.save(os.path.join(out, pools), np.asarray(item_table(cascade, params, corpus, method=Cascade.item_pools)))
   stage_params = jax.device_get({k: params[k] for k in stage_param_names(cascade, 0)})
 
   def query(p, user):
@@ -121,7 +129,7 @@ def _write_index(cascade: Cascade, params, corpus, out: str, platforms, user_spe
   with open(os.path.join(out, first.name, "query.jax"), "wb") as f:
     f.write(exported.serialize())
   return {"vectors": "index/vectors.npy", "items": "index/items.npz", "key": corpus.key, "size": len(corpus),
-          "dim": int(vectors.shape[1]), "metric": "inner_product", "query": f"{first.name}/query.jax"}
+          "dim": int(vectors.shape[1]), "metric": "inner_product", "query": f"{first.name}/query.jax", "pools": pools}
 
 
 def _copy_vocab(vocab_dir: str | None, out: str, features) -> str | None:
@@ -190,10 +198,12 @@ class ExportedCascade:
         self.corpus_items = {k: z[k] for k in z.files}
       with open(os.path.join(self._directory, info["query"]), "rb") as f:
         self._query = jax_export.deserialize(bytearray(f.read()))
+      self._pools = jnp.asarray(np.load(os.path.join(self._directory, info["pools"]))) if info.get("pools") else None
     return info
 
   def query_vectors(self, user: Mapping[str, Any]) -> jax.Array:
-    """`[B, d]` query vectors of the first stage for the requests `user` (feature -> `[B]` or `[B, L]`)."""
+    """`[B, d]` query vectors of the first stage for the requests `user` (feature -> `[B]` or `[B, L]`);
+    `[B, E, d]`, one per item pool (`index/pools.npy`), for `moe_nominators`."""
     self._index()
     return self._query.call(self._params[0], {k: jnp.asarray(user[k], jnp.int32) for k in self._features["user"]})
 
@@ -205,8 +215,10 @@ class ExportedCascade:
       item feature -> `[B, k]` rows of the retrieved items, 0 at empty positions).
     """
     self._index()
-    scores, idx = exact_top_k(self.query_vectors(user), self._vectors, k,
-                              chunk_size=min(32768, self._vectors.shape[0]))
+    search = functools.partial(exact_top_k, chunk_size=min(32768, self._vectors.shape[0]))
+    q = self.query_vectors(user)
+    scores, idx = (search(q, self._vectors, k) if self._pools is None else
+                   pooled_top_k(q, self._vectors, self._pools, k, top_k=search))
     idx = np.asarray(idx)
     items = {f: np.where(idx >= 0, v[np.maximum(idx, 0)], 0) for f, v in self.corpus_items.items()}
     return np.asarray(scores), idx, items

@@ -51,9 +51,20 @@ def _brute_force(exp, params, corpus, split="test"):
   return out
 
 
-@pytest.mark.parametrize("num_stages,top_k", [(2, "exact"), (3, "exact"), (2, "approx")])
-def test_full_corpus_metrics_equal_a_brute_force_cascade(num_stages, top_k):
-  c = tiny_config(num_stages)
+MOE = ConfigDict(dict(num_experts=3, pools="learned", hidden=(8,), out_dim=4))
+
+
+def _moe(c):
+  c.cascade.retrieval.model, c.cascade.retrieval.model_kwargs = "moe_nominators", MOE
+  return c
+
+
+@pytest.mark.parametrize("num_stages,top_k,moe", [(2, "exact", False), (3, "exact", False), (2, "approx", False),
+                                                  (2, "exact", True)])
+def test_full_corpus_metrics_equal_a_brute_force_cascade(num_stages, top_k, moe):
+  """With `moe_nominators` the brute force is the model's own serving order (round-robin over its
+  pools) over the whole corpus as one candidate list."""
+  c = _moe(tiny_config(num_stages)) if moe else tiny_config(num_stages)
   c.corpus = ConfigDict(dict(top_k=top_k, chunk_size=16, item_batch=24))  # several chunks and tower calls
   exp = Experiment.build(c)
   params = exp.init_state().params["cascade"]
@@ -79,8 +90,13 @@ def test_train_reports_corpus_metrics_and_non_retrieval_models_are_refused(tmp_p
   bad.corpus = ConfigDict(dict(evaluate=True))
   bad.cascade.retrieval.model, bad.cascade.retrieval.model_kwargs = "mlp", ConfigDict(dict(hidden=(8,)))
   with pytest.raises(ValueError, match=r"config.corpus.evaluate retrieves from the corpus with the first stage, but "
-                                       r"config.cascade.retrieval.model='mlp' is not one of \('two_tower', 'dssm'\)"):
+                                       r"config.cascade.retrieval.model='mlp' is not one of \('two_tower', 'dssm', "
+                                       r"'moe_nominators'\)"):
     configuration.validate(bad)
+  moe = _moe(tiny_config())
+  moe.corpus = ConfigDict(dict(negatives="sampled"))
+  with pytest.raises(ValueError, match="config.corpus.negatives: corpus negatives train a single-query retrieval stage"):
+    configuration.validate(moe)
   bad.corpus = ConfigDict(dict(top_k="nearest"))
   with pytest.raises(ValueError, match=r"config.corpus.top_k must be one of \('exact', 'approx'\)"):
     configuration.validate(bad)
@@ -102,17 +118,20 @@ def test_query_and_item_vectors_give_the_stage_scores(model, kwargs):
   np.testing.assert_allclose(np.einsum("bd,bnd->bn", q, v), want, rtol=1e-5, atol=1e-6)
 
 
-def test_export_load_retrieve_equals_in_process_retrieval(tmp_path):
+@pytest.mark.parametrize("moe", [False, True])
+def test_export_load_retrieve_equals_in_process_retrieval(tmp_path, moe):
   """The index and query tower written by the export retrieve what the in-process cascade retrieves,
   and `cascade()` runs the later stages on it as the full-corpus evaluation does."""
   import jax.numpy as jnp  # noqa: PLC0415
 
   from cascadejax import export  # noqa: PLC0415
   from cascadejax.corpus.evaluation import item_table  # noqa: PLC0415
+  from cascadejax.cascade import Cascade  # noqa: PLC0415
+  from cascadejax.corpus.pooled import pooled_top_k  # noqa: PLC0415
   from cascadejax.corpus.topk import exact_top_k  # noqa: PLC0415
   from cascadejax.ops.selection import select  # noqa: PLC0415
 
-  c = tiny_config()
+  c = _moe(tiny_config()) if moe else tiny_config()
   exp = Experiment.build(c)
   params = exp.init_state().params["cascade"]
   corpus = data_lib.corpus(c.data, exp.data)
@@ -125,7 +144,12 @@ def test_export_load_retrieve_equals_in_process_retrieval(tmp_path):
   scores, idx, items = served.retrieve(batch.user, 4)
   table = item_table(exp.cascade, params, corpus)
   q = exp.cascade.apply({"params": params}, batch.user, method="query_vectors")
-  want_scores, want_idx = exact_top_k(q, table, 4)
+  if moe:
+    pools = item_table(exp.cascade, params, corpus, method=Cascade.item_pools)
+    assert manifest["index"]["pools"] == "index/pools.npy" and len(set(np.asarray(pools).tolist())) > 1
+    want_scores, want_idx = pooled_top_k(q, table, pools, 4, top_k=exact_top_k)
+  else:
+    want_scores, want_idx = exact_top_k(q, table, 4)
   np.testing.assert_array_equal(idx, want_idx)
   np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(items["category"], corpus.items["category"][idx])

@@ -1,7 +1,8 @@
 """Full-corpus evaluation: the cascade as it serves, retrieving from every item instead of the logged list.
 
 For each test request b, stage 1 (a retrieval model scoring by an inner product: `two_tower`,
-`dssm`) scores every corpus item and keeps its top k_1 (`exact_top_k`, or `approx_top_k` at a
+`dssm`; or `moe_nominators`, one query per item pool merged round-robin, `cascadejax.corpus.pooled`)
+scores every corpus item and keeps its top k_1 (`exact_top_k`, or `approx_top_k` at a
 recall target), without a `[B, num_items]` matrix. The later stages then score those k_1 items and
 each keeps its top k_s of the survivors, as in the logged cascade (`ops.selection.select`). The
 ground truth stays the request's logged top `gt_num` candidates by label (the items that were shown
@@ -22,6 +23,7 @@ chunks (`item_table`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -29,8 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from cascadejax import models
 from cascadejax.cascade import Cascade
 from cascadejax.corpus.metrics import retrieval_ndcg, retrieval_recall
+from cascadejax.corpus.pooled import pooled_top_k
 from cascadejax.corpus.sharded import sharded_top_k
 from cascadejax.corpus.topk import DEFAULT_CHUNK, approx_top_k, exact_top_k
 from cascadejax.data.item_corpus import Corpus
@@ -98,17 +102,23 @@ class CorpusSection(Section):
         raise ValueError(f"config.corpus.{key} must be >= 1, got {getattr(self, key)!r}")
 
 
+def has_pools(cascade: Cascade, stage: int = 0) -> bool:
+  """Whether stage `stage` retrieves per item pool (`moe_nominators`; see `cascadejax.corpus.pooled`)."""
+  spec = cascade.stages[stage]
+  return hasattr(type(models.get_model(spec.model, dict(spec.model_kwargs))), "item_pools")
+
+
 def item_table(cascade: Cascade, params: Any, corpus: Corpus, *, item_batch: int = 8192, stage: int = 0,
-               wrap: Callable[[Callable], Callable] = lambda f: f) -> jax.Array:
+               wrap: Callable[[Callable], Callable] = lambda f: f, method: Callable = Cascade.item_vectors
+               ) -> jax.Array:
   """`[M, d]`: stage `stage`'s item vectors of every corpus item, `item_batch` items per call (the
   last call padded, so the tower compiles once). `wrap` wraps the jitted tower (e.g. to run it in
-  the mesh of row-sharded tables)."""
+  the mesh of row-sharded tables); `method=Cascade.item_pools` gives the `[M]` pools instead."""
   names = tuple(corpus.items)
   size = min(item_batch, len(corpus))
 
   def tower(p, cols):
-    return cascade.apply({"params": p}, {f: c[None] for f, c in zip(names, cols)}, stage=stage,
-                         method=Cascade.item_vectors)[0]
+    return cascade.apply({"params": p}, {f: c[None] for f, c in zip(names, cols)}, stage=stage, method=method)[0]
 
   vectors = wrap(jax.jit(tower))
 
@@ -124,7 +134,7 @@ def item_table(cascade: Cascade, params: Any, corpus: Corpus, *, item_batch: int
 def corpus_metrics(cascade: Cascade, params: Any, batch: CascadeBatch, table: jax.Array,
                    items: Mapping[str, jax.Array], index: jax.Array, *, key: str, gt_num: int,
                    stage_names: Sequence[str], section: CorpusSection = CorpusSection(),
-                   where: jax.Array | None = None, mesh: Mesh | None = None
+                   where: jax.Array | None = None, mesh: Mesh | None = None, pools: jax.Array | None = None
                    ) -> dict[str, tuple[jax.Array, jax.Array]]:
   """The full-corpus metrics of one batch (see the module docstring), as `name -> (sum, count)`.
 
@@ -141,19 +151,24 @@ def corpus_metrics(cascade: Cascade, params: Any, batch: CascadeBatch, table: ja
     where: optional `[M]` bool, False for rows of `table` that are padding (`pad_corpus`).
     mesh: with more than one device, `table`'s rows are split over all its axes and each device
       takes the top k_1 of its rows before one merge (`sharded_top_k`); the result is the same.
+    pools: `[M]` item pools, for a first stage with one query per pool (`has_pools`): each pool
+      retrieves its top k_1 and the lists merge round-robin (`cascadejax.corpus.pooled`).
   """
   variables = {"params": params}
   ks = cascade.ks
   q = cascade.apply(variables, batch.user, method=Cascade.query_vectors)
+  chunk = min(section.chunk_size, table.shape[0] // (mesh.size if mesh is not None else 1))
   if mesh is not None and mesh.size > 1:
-    _, idx = sharded_top_k(q, table, ks[0], mesh=mesh, item_axes=tuple(mesh.axis_names), where=where,
-                           approximate=section.top_k == "approx", recall_target=section.recall_target,
-                           chunk_size=min(section.chunk_size, table.shape[0] // mesh.size))
+    search = functools.partial(sharded_top_k, mesh=mesh, item_axes=tuple(mesh.axis_names), chunk_size=chunk,
+                               approximate=section.top_k == "approx", recall_target=section.recall_target)
   elif section.top_k == "exact":
-    _, idx = exact_top_k(q, table, ks[0], where=where, chunk_size=min(section.chunk_size, table.shape[0]))
+    search = functools.partial(exact_top_k, chunk_size=chunk)
   else:
-    _, idx = approx_top_k(q, table, ks[0], where=where, recall_target=section.recall_target,
-                          chunk_size=min(section.chunk_size, table.shape[0]))
+    search = functools.partial(approx_top_k, chunk_size=chunk, recall_target=section.recall_target)
+  if q.ndim == 3:  # one query per item pool
+    _, idx = pooled_top_k(q, table, pools, ks[0], top_k=search, where=where)
+  else:
+    _, idx = search(q, table, ks[0], where=where)
   got = idx >= 0
   retrieved = {f: jnp.where(got, col[jnp.maximum(idx, 0)], 0) for f, col in items.items()}
   scores = cascade.apply(variables, batch.user, retrieved).scores  # [S, B, k_1]

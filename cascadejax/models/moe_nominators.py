@@ -72,8 +72,11 @@ def hash_pools(ids: jax.Array, num_pools: int) -> jax.Array:
 
 
 def _place(order: jax.Array, values: jax.Array) -> jax.Array:
-  """Scatters `values` (given in `order`) back to slot positions, along the last axis."""
-  return jnp.put_along_axis(jnp.zeros_like(values), order, values, axis=-1, inplace=False)
+  """Scatters `values` (given in `order`, a permutation) back to slot positions, along the last axis.
+
+  Written as a gather through the inverse permutation, which works with symbolic list lengths
+  (`jax.export`), unlike a scatter (`put_along_axis` builds index grids of concrete size)."""
+  return jnp.take_along_axis(values, jnp.argsort(order, axis=-1), axis=-1)
 
 
 def round_robin_scores(scores: jax.Array, pools: jax.Array, valid: jax.Array, num_pools: int) -> jax.Array:
@@ -217,6 +220,19 @@ class MoENominators(nn.Module):
     """`[B, N]` bool: the slots that are not padding (`id_feature` id != `padding_id`)."""
     ids = self._ids(emb, self.id_feature, "id_feature")
     return ids != self.padding_id if self.padding_id >= 0 else jnp.ones(ids.shape, bool)
+
+  def query_vector(self, emb: Embedded) -> jax.Array:
+    """`[B, E, out_dim]`: one query per nominator; nominator e retrieves its pool's items by
+    <u_e, v_i> and the pools' lists are merged round-robin (`cascadejax.corpus.pooled_top_k`)."""
+    return self.encode_users(emb)
+
+  def item_vectors(self, emb: Embedded) -> jax.Array:
+    """`[B, N, out_dim]`: the items' side of every nominator's score (the shared item tower)."""
+    return self.encode_items(emb)
+
+  def item_pools(self, emb: Embedded) -> jax.Array:
+    """`[B, N]` int32: each item's serving pool, argmax_e g_e(i) (ties towards the lower e)."""
+    return jnp.argmax(self.log_gate(emb), axis=-1).astype(jnp.int32)
 
   def __call__(self, emb: Embedded, *, train: bool = False) -> jax.Array:
     """`[B, N]`: the gate-weighted mixture (training), or the round-robin serving scores.
