@@ -90,6 +90,29 @@ def test_radix_selection_finds_the_boundary_with_ties_negatives_and_padding(dtyp
         assert s[i_k] == ordered[k - 1] and s[i_k1] == ordered[k], (s, valid, k)
 
 
+def test_the_blocked_cpu_selection_equals_the_whole_batch_one(monkeypatch):
+  import sys  # noqa: PLC0415  (cascadejax.ops.dftopk the attribute is the function)
+  module = sys.modules["cascadejax.ops.dftopk"]
+  s, where = _lists(6, shape=(2, 5, 8))
+  s[0, 1, 2] = s[0, 1, 3]  # a tie
+  ks = jnp.array([[1, 2, 3, 4, 5], [5, 4, 3, 2, 1]])
+  run = lambda: np.asarray(jax.jit(lambda x: dftopk(x, ks, where=jnp.asarray(where), temperature=0.4))(
+      jnp.asarray(s, jnp.float32)))
+  whole = run()
+  monkeypatch.setattr(module, "_CPU_BLOCK_ABOVE", 0)
+  monkeypatch.setattr(module, "_CPU_BLOCK_SIZE", 24)  # 3 rows a block: 10 rows = 3 blocks and a remainder
+  blocked = run()
+  np.testing.assert_array_equal(blocked, whole)
+  mapped = jax.vmap(lambda x, w, k: dftopk(x, k, where=w, temperature=0.4))(
+      jnp.asarray(s, jnp.float32), jnp.asarray(where), ks)
+  np.testing.assert_allclose(mapped, whole, atol=1e-7)
+  for a in range(2):
+    for b in range(5):
+      idx = np.flatnonzero(where[a, b])
+      if int(ks[a, b]) < len(idx):
+        np.testing.assert_allclose(whole[a, b, idx], BRUTE["dftopk"](s[a, b, idx], int(ks[a, b]), 0.4), atol=1e-6)
+
+
 def test_traced_k_under_jit_and_per_list_k_equal_static_k():
   s, where = _lists(2, shape=(4, 7))
   ks = jnp.array([1, 2, 4, 9])

@@ -19,7 +19,8 @@ with i_k, i_{k+1} the items at ranks k and k+1 (`threshold_grad=True`, the defau
 Selection: the two boundary scores are found by a radix selection on the scores' bit patterns (one
 counting pass per bit, 32 for float32, then one max pass), O(n) per list whatever k is, jittable,
 with k a Python int or a traced int array. (`lax.top_k` of k + 1 is O(n log k) and measured 4-7x
-slower on CPU at k = n/4.)
+slower on CPU at k = n/4.) On CPU, large batches are selected a cache-sized block of rows at a time
+(`lax.platform_dependent`); other platforms run every row at once.
 
 Conventions: padding (`where=False`) is never counted and gets p = 0 (logit -inf) and no gradient;
 k >= m gives p = 1 (logit +inf) for every valid item; k <= 0 gives 0; a tie at the boundary gives
@@ -36,21 +37,46 @@ from jax import lax
 from cascadejax.ops.ranking_utils import valid_mask
 
 
-def _ordered_bits(x: jax.Array) -> jax.Array:
-  """Unsigned integers with the order of the floats `x` (sign-magnitude -> offset binary)."""
+# Above this many scores the CPU selection runs a block of rows at a time, each block (about 128 kB)
+# small enough to stay in cache for its 32 passes: 1.6x faster at n = 1,000 and 2.3x at n = 10,000
+# (batch 1024) on a 2-core Xeon than all rows at once.
+_CPU_BLOCK_ABOVE = 1 << 16
+_CPU_BLOCK_SIZE = 1 << 15
+
+
+def _float_of_bits(t: jax.Array, dtype) -> jax.Array:
+  """The float whose order-preserving bit pattern is `t` (sign-magnitude <- offset binary)."""
+  sign = jnp.asarray(1 << (jnp.finfo(dtype).bits - 1), t.dtype)
+  return lax.bitcast_convert_type(jnp.where(t >= sign, t ^ sign, ~t), dtype)
+
+
+def _select_row(x: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`_select` of one `[n]` row whose padding holds -inf (and valid scores are finite)."""
   bits = jnp.finfo(x.dtype).bits
   utype = jnp.dtype(f"uint{bits}")
-  u = lax.bitcast_convert_type(x, utype)
-  sign = jnp.asarray(1 << (bits - 1), utype)
-  return jnp.where(u >= sign, ~u, u | sign)
+  one = jnp.asarray(1, utype)
+
+  def step(i, t):
+    candidate = t | (one << (bits - 1 - i).astype(utype))
+    return jnp.where((x >= _float_of_bits(candidate, x.dtype)).sum() >= k, candidate, t)
+
+  v_k = _float_of_bits(lax.fori_loop(0, bits, step, jnp.zeros((), utype)), x.dtype)
+  i_k = jnp.argmax(x == v_k)
+  tie = (x >= v_k).sum() >= k + 1
+  v_k1 = jnp.where(tie, v_k, jnp.max(jnp.where(x < v_k, x, -jnp.inf)))
+  i_k1 = jnp.argmax((x == v_k1) & (jnp.arange(x.shape[-1]) != i_k))
+  return i_k, i_k1
 
 
 def boundary_indices(scores: jax.Array, k: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
   """The positions of the k-th and (k+1)-th largest valid scores of every list (radix selection).
 
-  Finds the largest bit pattern T with #{valid i: bits_i >= T} >= k, one bit at a time from the top
-  (a counting pass per bit); the k-th score is the one with pattern T. The (k+1)-th is the same
-  pattern if at least k + 1 valid items reach it (a tie), else the largest pattern below it.
+  Finds the largest bit pattern T (in the order-preserving map of floats to unsigned integers) with
+  #{valid i: x_i >= float(T)} >= k, one bit at a time from the top: 32 counting passes for float32,
+  each a float comparison and a sum, so O(n) per list for any k. float(T) is the k-th largest valid
+  score. The (k+1)-th is the same value if at least k + 1 valid items reach it (a tie), else the
+  largest valid score below it. Valid scores are clamped to the finite range first (a pattern below
+  the finite range is never tried then).
 
   Args:
     scores: `[..., n]` float scores.
@@ -61,24 +87,20 @@ def boundary_indices(scores: jax.Array, k: jax.Array, valid: jax.Array) -> tuple
   Returns:
     `(i_k, i_k1)`, each `[..., 1]` int32 positions into the last axis; distinct for 0 < k < m.
   """
-  u = _ordered_bits(scores)
-  bits = jnp.finfo(scores.dtype).bits
-  one = jnp.asarray(1, u.dtype)
-
-  def step(i, t):
-    candidate = t | (one << (bits - 1 - i).astype(u.dtype))
-    enough = ((u >= candidate) & valid).sum(-1, keepdims=True) >= k
-    return jnp.where(enough, candidate, t)
-
-  t = lax.fori_loop(0, bits, step, jnp.zeros(scores.shape[:-1] + (1,), u.dtype))
-  at_t = valid & (u == t)
-  i_k = jnp.argmax(at_t, axis=-1, keepdims=True)
-  positions = jnp.arange(scores.shape[-1])
-  tie = ((u >= t) & valid).sum(-1, keepdims=True) >= k + 1
-  below = jnp.max(jnp.where(valid & (u < t), u, 0), axis=-1, keepdims=True)
-  t1 = jnp.where(tie, t, below)
-  i_k1 = jnp.argmax(valid & (u == t1) & (positions != i_k), axis=-1, keepdims=True)
-  return i_k.astype(jnp.int32), i_k1.astype(jnp.int32)
+  finfo = jnp.finfo(scores.dtype)
+  x = jnp.where(valid, jnp.clip(scores, finfo.min, finfo.max), -jnp.inf)
+  n = x.shape[-1]
+  rows = x.reshape(-1, n)
+  ks = jnp.broadcast_to(k, x.shape[:-1] + (1,)).reshape(-1)
+  whole = lambda r, kk: jax.vmap(_select_row)(r, kk)
+  if rows.size > _CPU_BLOCK_ABOVE:
+    per_block = max(1, _CPU_BLOCK_SIZE // n)
+    blocked = lambda r, kk: lax.map(lambda a: _select_row(*a), (r, kk), batch_size=per_block)
+    i_k, i_k1 = lax.platform_dependent(rows, ks, cpu=blocked, default=whole)
+  else:
+    i_k, i_k1 = whole(rows, ks)
+  shape = x.shape[:-1] + (1,)
+  return i_k.astype(jnp.int32).reshape(shape), i_k1.astype(jnp.int32).reshape(shape)
 
 
 def dftopk_logits(scores: jax.Array, k: int | jax.Array, *, where: jax.Array | None = None,

@@ -59,8 +59,10 @@ def _solve_lapsum(s: jax.Array, valid: jax.Array, k: jax.Array, alpha: jax.Array
   real = j < m
   ordered = jnp.where(real, ordered, 0.0)
   neg_inf = jnp.asarray(-jnp.inf, s.dtype)
-  log_l = lax.cumlogsumexp(jnp.where(real, ordered, neg_inf), axis=u.ndim - 1) - ordered
-  log_r = lax.cumlogsumexp(jnp.where(real, -ordered, neg_inf), axis=u.ndim - 1, reverse=True) + ordered
+  # A log-add-exp scan (lax.cumlogsumexp lowers to a 13x slower reduce_window on CPU).
+  scan = lambda v, reverse: lax.associative_scan(jnp.logaddexp, v, reverse=reverse, axis=u.ndim - 1)
+  log_l = scan(jnp.where(real, ordered, neg_inf), False) - ordered
+  log_r = scan(jnp.where(real, -ordered, neg_inf), True) + ordered
   g = 0.5 * jnp.exp(log_l) + (m - j) - 0.5 - 0.5 * jnp.exp(log_r)
   c = (real & (g > k)).sum(-1, keepdims=True)
   r = jnp.take_along_axis(ordered, jnp.clip(jnp.where(c < m, c, m - 1), 0, n - 1), -1)
