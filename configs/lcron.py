@@ -21,7 +21,7 @@ from configs import default
 def lcron_options() -> ConfigDict:
   """`config.method.lcron`: every option of the method, at the published setting."""
   return ConfigDict(dict(
-      topk_method="neural_sort",  # neural_sort | soft_sort | threshold
+      topk_method="neural_sort",  # neural_sort | soft_sort | threshold | dftopk | lapsum | sparse_topk
       temperature=50.0,  # one float, or a tuple with one per stage (set in a config file)
       relax_k="gt_num",  # k of each stage's L_relax term: gt_num | stage | a tuple of ints
       joint_k="gt_num",  # k of each stage's factor in L_joint: gt_num | stage | a tuple of ints
