@@ -1,5 +1,6 @@
 """cascadejax.corpus.evaluation: the cascade evaluated from the whole corpus equals a brute-force NumPy cascade."""
 
+import jax
 import numpy as np
 import pytest
 from ml_collections import ConfigDict
@@ -18,18 +19,18 @@ def _brute_force(exp, params, corpus, split="test"):
   m = len(corpus)
   all_items = {f: np.asarray(v)[None] for f, v in corpus.items.items()}
   index = corpus.index()
+  apply = jax.jit(lambda p, u, it: exp.cascade.apply({"params": p}, u, it).scores)  # one compile per list length
   sums = {}
   for b in range(batch.batch_size):
     user = {k: np.asarray(v)[b:b + 1] for k, v in batch.user.items()}
     mask = np.asarray(batch.mask[b])
     label = np.asarray(batch.label[b], np.float64)
-    s0 = np.asarray(exp.cascade.apply({"params": params}, user, all_items).scores[0, 0], np.float64)
+    s0 = np.asarray(apply(params, user, all_items)[0, 0], np.float64)
     alive = [np.lexsort((np.arange(m), -s0))[:ks[0]]]  # corpus positions, best first
     stage_scores = [s0[alive[0]]]
     for s in range(1, len(ks)):
       prev = alive[-1]
-      scores = np.asarray(exp.cascade.apply({"params": params}, user,
-                                            {f: v[:, prev] for f, v in all_items.items()}).scores[s, 0], np.float64)
+      scores = np.asarray(apply(params, user, {f: v[:, prev] for f, v in all_items.items()})[s, 0], np.float64)
       order = np.lexsort((np.arange(len(prev)), -scores))[:ks[s]]
       alive.append(prev[order])
       stage_scores.append(scores[order])

@@ -73,21 +73,26 @@ def test_dftopk_logits_mark_the_degenerate_cases():
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_radix_selection_finds_the_boundary_with_ties_negatives_and_padding(dtype):
   rng = np.random.default_rng(5)
+  rows, masks, ks = [], [], []  # every (list, k) pair of 30 random lists, searched in one batched call
+  for trial in range(30):
+    n = 8
+    s = np.round(rng.normal(size=n) * 2) / 2  # many ties, negatives, zeros
+    if trial % 3 == 0:
+      s[rng.integers(0, n)] = -0.0
+    valid = rng.random(n) < 0.8
+    valid[:3] = True
+    for k in range(1, int(valid.sum())):
+      rows.append(s)
+      masks.append(valid)
+      ks.append(k)
+  s, valid, ks = np.stack(rows), np.stack(masks), np.array(ks)
   with jax.enable_x64(dtype == jnp.float64):
-    for trial in range(30):
-      n = 8
-      s = np.round(rng.normal(size=n) * 2) / 2  # many ties, negatives, zeros
-      if trial % 3 == 0:
-        s[rng.integers(0, n)] = -0.0
-      valid = rng.random(n) < 0.8
-      valid[:3] = True
-      m = int(valid.sum())
-      for k in range(1, m):
-        i_k, i_k1 = boundary_indices(jnp.asarray(s, dtype), jnp.array([k]), jnp.asarray(valid))
-        i_k, i_k1 = int(i_k[0]), int(i_k1[0])
-        ordered = np.sort(s[valid])[::-1]
-        assert valid[i_k] and valid[i_k1] and i_k != i_k1
-        assert s[i_k] == ordered[k - 1] and s[i_k1] == ordered[k], (s, valid, k)
+    i_k, i_k1 = (np.asarray(a).reshape(-1) for a in boundary_indices(jnp.asarray(s, dtype), jnp.asarray(ks)[:, None],
+                                                                     jnp.asarray(valid)))
+  for r, k in enumerate(ks):
+    ordered = np.sort(s[r][valid[r]])[::-1]
+    assert valid[r, i_k[r]] and valid[r, i_k1[r]] and i_k[r] != i_k1[r]
+    assert s[r, i_k[r]] == ordered[k - 1] and s[r, i_k1[r]] == ordered[k], (s[r], valid[r], k)
 
 
 def test_the_blocked_cpu_selection_equals_the_whole_batch_one(monkeypatch):
