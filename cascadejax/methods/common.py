@@ -1,5 +1,6 @@
 """Pieces shared by the cascade training methods: the label order's tie structure (targets read
-from it as the published code reads them) and the parsing of per-stage options.
+from it as the published code reads them), the parsing of per-stage options, and the weighted sum
+of per-stage and joint terms (learned uncertainty weights or fixed ones) LCRON and DFTopK share.
 
 The request-level means the methods take (over each request's valid candidates, then over the
 requests that have any: `list_mean`, `safe_reduce`) are in `cascadejax.ops.ranking_utils`. Option
@@ -8,7 +9,7 @@ errors name the config key `config.method.<method name>.<option>`.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -136,3 +137,21 @@ def stage_ks_option(method: Any, key: str) -> tuple[int, ...]:
   if any(k < 1 for k in ks):
     raise ValueError(f"config.method.{method.name}.{key}: every k must be >= 1, got {value!r}")
   return ks
+
+
+def weighted_total(relax: jax.Array, joint: jax.Array, *, weighting: str, params: Any,
+                   relax_weights: Sequence[float], stage_names: Sequence[str]) -> tuple[jax.Array, dict]:
+  """LCRON's (and DFTopK's) combination of the S per-stage terms L_s with the joint term:
+
+      "uncertainty":  L = sum_s 0.5 / w_s^2 L_s + L_joint + sum_s log |w_s|     (w_s = params["w"], learned)
+      "fixed":        L = sum_s lambda_s L_s + L_joint                         (lambda = relax_weights)
+
+  Returns the total and the logged values: each L_s (`loss/relax_<stage>`) and, learned, each w_s.
+  """
+  aux = {f"loss/relax_{n}": relax[s] for s, n in enumerate(stage_names)}
+  if weighting == "uncertainty":
+    w = params["w"]
+    aux.update({f"weight/{n}": w[s] for s, n in enumerate(stage_names)})
+    return jnp.sum(0.5 / jnp.square(w) * relax) + joint + jnp.sum(jnp.log(jnp.abs(w))), aux
+  return jnp.sum(jnp.asarray(relax_weights) * relax) + joint, aux
+

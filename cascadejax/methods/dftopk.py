@@ -48,7 +48,7 @@ import jax.numpy as jnp
 
 from cascadejax.data.schema import CascadeBatch
 from cascadejax.methods.base import CascadeMethod
-from cascadejax.methods.common import per_stage_option, stage_ks_option
+from cascadejax.methods.common import per_stage_option, stage_ks_option, weighted_total
 from cascadejax.ops.dftopk import dftopk_logits
 from cascadejax.ops.ranking_utils import list_mean
 from cascadejax.ops.selection import ground_truth
@@ -148,13 +148,9 @@ class DFTopK(CascadeMethod):
     q = jnp.prod(prob(out_j), axis=0)
     joint = list_mean(-y * _log(q + self.eps) - (1.0 - y) * _log(1.0 - q + self.eps), where=where)
     aux = {"loss/joint": joint}
-    if self.options["weighting"] == "uncertainty":
-      w = params["w"]
-      total = jnp.sum(0.5 / jnp.square(w) * relax) + joint + jnp.sum(jnp.log(jnp.abs(w)))
-      aux.update({f"weight/{n}": w[s] for s, n in enumerate(self.stage_names)})
-    else:
-      total = jnp.sum(jnp.asarray(self.relax_weights) * relax) + joint
-    aux.update({f"loss/relax_{n}": relax[s] for s, n in enumerate(self.stage_names)})
+    total, terms = weighted_total(relax, joint, weighting=self.options["weighting"], params=params,
+                                  relax_weights=self.relax_weights, stage_names=self.stage_names)
+    aux.update(terms)
     truth = y > 0.5
     aux["soft_recall/joint"] = list_mean(q, where=truth)
     aux.update({f"soft_recall/{n}": list_mean(prob(out[s]), where=truth) for s, n in enumerate(self.stage_names)})

@@ -52,7 +52,7 @@ import jax.numpy as jnp
 
 from cascadejax.data.schema import CascadeBatch
 from cascadejax.methods.base import CascadeMethod
-from cascadejax.methods.common import label_split, per_stage_option, stage_ks_option
+from cascadejax.methods.common import label_split, per_stage_option, stage_ks_option, weighted_total
 from cascadejax.ops.ranking_utils import list_mean
 from cascadejax.ops.soft_sort import neural_sort, soft_sort
 from cascadejax.ops.soft_topk import MEMBERSHIP_OPERATORS, TOPK_OPERATORS
@@ -138,13 +138,9 @@ class LCRON(CascadeMethod):
         list_mean(-y_top * jnp.log(top[s] + eps) - y_rest * jnp.log(rest[s] + eps), where=where & (count > k))
         for s, k in enumerate(self.relax_k)])
     aux = {"loss/joint": joint}
-    if self.options["weighting"] == "uncertainty":
-      w = params["w"]
-      total = jnp.sum(0.5 / jnp.square(w) * relax) + joint + jnp.sum(jnp.log(jnp.abs(w)))
-      aux.update({f"weight/{n}": w[s] for s, n in enumerate(self.stage_names)})
-    else:
-      total = jnp.sum(jnp.asarray(self.relax_weights) * relax) + joint
-    aux.update({f"loss/relax_{n}": relax[s] for s, n in enumerate(self.stage_names)})
+    total, terms = weighted_total(relax, joint, weighting=self.options["weighting"], params=params,
+                                  relax_weights=self.relax_weights, stage_names=self.stage_names)
+    aux.update(terms)
     # How much soft membership the ground truth holds: near the hard recall when the relaxation is
     # sharp, far from it when the temperature is too high for the current score scale.
     truth = y_top > 0.5
