@@ -325,7 +325,7 @@ def ensure_data(folder: str, requests: int, a: argparse.Namespace) -> dict:
     if all(meta.get(k) == v for k, v in want.items()):
       return {**meta, "reused": True}
   except (OSError, ValueError):
-    pass
+    pass  # no readable log there: generate it
   a.child_requests = requests
   return child("generate", folder, a)
 

@@ -23,7 +23,7 @@ from cascadejax import configuration, data as data_lib, metrics, mesh as mesh_li
 from cascadejax.checkpoint import Checkpointer
 from cascadejax.corpus import evaluation as corpus_eval, training as corpus_training
 from cascadejax.corpus.sharded import pad_corpus
-from cascadejax.data import pipeline
+from cascadejax.data import item_corpus, pipeline
 from cascadejax.data.schema import CascadeBatch, CascadeData
 from cascadejax.embedding import update as update_lib
 from cascadejax.embedding.collection import EmbeddingConfig
@@ -169,12 +169,17 @@ class Experiment:
     return jax.tree.map(lambda _: mesh_lib.batch_sharding(self.mesh), self._sample())
 
   @functools.cached_property
+  def corpus(self) -> item_corpus.Corpus:
+    """The data's item corpus (`cascadejax.data.corpus`), built once for training and evaluation."""
+    return data_lib.corpus(self.config.data, self.data)
+
+  @functools.cached_property
   def _corpus_arrays(self) -> tuple[str, dict[str, Any]] | None:
     """(key feature, corpus arrays) for the corpus-negatives term, None when it is off."""
     section = self.sections.corpus
     if section.negatives == "none":
       return None
-    corpus = data_lib.corpus(self.config.data, self.data)
+    corpus = self.corpus
     return corpus.key, corpus_training.device_arrays(corpus, section.smoothing)
 
   @functools.cached_property
@@ -244,7 +249,7 @@ class Experiment:
     """Full-corpus metrics of the cascade with `params` over a whole split (`cascadejax.corpus.evaluation`:
     stage 1 retrieves from every item of the data's corpus, the later stages rank what it retrieved)."""
     section = self.sections.corpus
-    corpus = data_lib.corpus(self.config.data, self.data)
+    corpus = self.corpus
     table = corpus_eval.item_table(self.cascade, params, corpus, item_batch=section.item_batch, wrap=self._in_mesh)
     pools = (corpus_eval.item_table(self.cascade, params, corpus, item_batch=section.item_batch, wrap=self._in_mesh,
                                     method=cascade_lib.Cascade.item_pools)

@@ -139,6 +139,16 @@ def stage_ks_option(method: Any, key: str) -> tuple[int, ...]:
   return ks
 
 
+def weighting_options(method: Any) -> tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...]]:
+  """`(relax_k, joint_k, relax_weights)` of a method with per-stage and joint terms (LCRON, DFTopK),
+  after checking its `weighting` option (the combination `weighted_total` computes)."""
+  relax_k, joint_k = stage_ks_option(method, "relax_k"), stage_ks_option(method, "joint_k")
+  weighting = method.options["weighting"]
+  if weighting not in ("uncertainty", "fixed"):
+    raise ValueError(f"config.method.{method.name}.weighting must be 'uncertainty' or 'fixed', got {weighting!r}")
+  return relax_k, joint_k, per_stage_option(method, "relax_weights", float)
+
+
 def weighted_total(relax: jax.Array, joint: jax.Array, *, weighting: str, params: Any,
                    relax_weights: Sequence[float], stage_names: Sequence[str]) -> tuple[jax.Array, dict]:
   """LCRON's (and DFTopK's) combination of the S per-stage terms L_s with the joint term:

@@ -48,7 +48,7 @@ import jax.numpy as jnp
 
 from cascadejax.data.schema import CascadeBatch
 from cascadejax.methods.base import CascadeMethod
-from cascadejax.methods.common import per_stage_option, stage_ks_option, weighted_total
+from cascadejax.methods.common import per_stage_option, weighted_total, weighting_options
 from cascadejax.ops.dftopk import dftopk_logits
 from cascadejax.ops.ranking_utils import list_mean
 from cascadejax.ops.selection import ground_truth
@@ -86,11 +86,7 @@ class DFTopK(CascadeMethod):
       self.temperatures = per_stage_option(self, "temperature", float)
     if any(not t > 0 for t in self.temperatures):
       raise ValueError(f"{key}.temperature must be positive, got {o['temperature']!r}")
-    self.relax_k = stage_ks_option(self, "relax_k")
-    self.joint_k = stage_ks_option(self, "joint_k")
-    if o["weighting"] not in ("uncertainty", "fixed"):
-      raise ValueError(f"{key}.weighting must be 'uncertainty' or 'fixed', got {o['weighting']!r}")
-    self.relax_weights = per_stage_option(self, "relax_weights", float)
+    self.relax_k, self.joint_k, self.relax_weights = weighting_options(self)
     if o["eps"] == "published":
       self.eps = 1e-6 if method == "lapsum" else 0.0
     else:

@@ -52,7 +52,7 @@ import jax.numpy as jnp
 
 from cascadejax.data.schema import CascadeBatch
 from cascadejax.methods.base import CascadeMethod
-from cascadejax.methods.common import label_split, per_stage_option, stage_ks_option, weighted_total
+from cascadejax.methods.common import label_split, per_stage_option, weighted_total, weighting_options
 from cascadejax.ops.ranking_utils import list_mean
 from cascadejax.ops.soft_sort import neural_sort, soft_sort
 from cascadejax.ops.soft_topk import MEMBERSHIP_OPERATORS, TOPK_OPERATORS
@@ -78,12 +78,7 @@ class LCRON(CascadeMethod):
     self.temperatures = per_stage_option(self, "temperature", float)
     if any(not t > 0 for t in self.temperatures):
       raise ValueError(f"config.method.lcron.temperature must be positive, got {o['temperature']!r}")
-    self.relax_k = stage_ks_option(self, "relax_k")
-    self.joint_k = stage_ks_option(self, "joint_k")
-    if o["weighting"] not in ("uncertainty", "fixed"):
-      raise ValueError("config.method.lcron.weighting must be 'uncertainty' or 'fixed', "
-                       f"got {o['weighting']!r}")
-    self.relax_weights = per_stage_option(self, "relax_weights", float)
+    self.relax_k, self.joint_k, self.relax_weights = weighting_options(self)
     for key in ("eps", "normaliser_eps"):
       if not 0 <= float(o[key]) < 0.1:
         raise ValueError(f"config.method.lcron.{key} must be in [0, 0.1), got {o[key]!r}")
