@@ -22,7 +22,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from cascadejax import metric_writer, trainer
+from cascadejax import metric_writer, overrides, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (a Python file with get_config()).",
                                           lock_config=True)
@@ -61,4 +61,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=overrides.parse_flags)

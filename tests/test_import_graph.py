@@ -18,6 +18,7 @@ PACKAGE = ROOT / "cascadejax"
 # equal layer, and within a layer the graph must still be acyclic.
 LAYERS = {
     "sections": 0, "data": 0, "ops": 0, "checkpoint": 0, "metric_writer": 0, "optimizer": 0,
+    "overrides": 0,
     "embedding": 1, "losses": 1, "mesh": 1, "rerank": 1, "multitask": 3,
     "models": 2,
     "cascade": 3,
