@@ -157,6 +157,44 @@ def test_empty_truncated_and_missing_files(tmp_path):
     movielens.read(d, "u.data")
 
 
+def test_a_file_cut_inside_its_last_field_is_rejected_naming_the_file_and_row(tmp_path):
+  """Was read as if whole: the cut timestamp (97830 for 978300760) loaded as a value."""
+  rows = _ratings()
+  d = write_1m(tmp_path / "a")
+  path = os.path.join(d, "ratings.dat")
+  text = open(path).read()
+  open(path, "w").write(text[:-6])  # "...::<timestamp>\n" loses its newline and last 5 digits
+  cut = text[:-6].rsplit("\n", 1)[1]
+  with pytest.raises(ValueError, match=rf"ratings.dat: row {len(rows)} has no newline, so the file was cut short, "
+                                       rf"possibly inside that row's last field \('{cut}'\)"):
+    movielens.read(d)
+  open(path, "w").write(text)
+  users = os.path.join(d, "users.dat")
+  text = open(users).read()
+  open(users, "w").write(text.rstrip("\n"))
+  with pytest.raises(ValueError, match=rf"users.dat: row {NUM_USERS} has no newline"):
+    movielens.read(d)
+
+
+def test_a_truncated_gzip_reports_the_complete_rows_it_holds(tmp_path):
+  """Was "about 0 complete rows" for any file under 4 MB (only whole 4 MB chunks were counted)."""
+  d = tmp_path / "g"
+  write_1m(d, ratings_name="ratings-partial.dat.gz")
+  path = str(d / "ratings-partial.dat.gz")
+  rows = _ratings()
+  with open(path, "wb") as raw:
+    with gzip.GzipFile(fileobj=raw, mode="wb") as f:
+      f.write("".join(f"{u}::{m}::{r}::{t}\n" for u, m, r, t in rows[:100]).encode())
+      f.flush()  # a sync point: the bytes so far decompress to exactly the first 100 rows
+      cut = raw.tell()
+      f.write("".join(f"{u}::{m}::{r}::{t}\n" for u, m, r, t in rows[100:]).encode())
+  blob = open(path, "rb").read()
+  open(path, "wb").write(blob[:cut])
+  with pytest.raises(ValueError, match=r"ratings-partial.dat.gz: truncated or corrupt gzip stream .*: it holds 100 "
+                                       r"complete rows, so row 101 onwards is missing"):
+    movielens.read(str(d))
+
+
 def test_duplicates_error_by_default_or_merge_counted(tmp_path):
   rows = _ratings()
   d = write_1m(tmp_path, rows + [rows[3][:2] + (1, 5)])

@@ -12,20 +12,50 @@ import numpy as np
 DOWNLOAD = "https://grouplens.org/datasets/movielens/"
 
 
+def _salvage(raw: bytes) -> bytes:
+  """Every byte a damaged gzip stream (`raw`, the file's bytes) still decompresses to, members in order."""
+  out: list[bytes] = []
+  while raw:
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+      for i in range(0, len(raw), 1 << 16):
+        out.append(d.decompress(raw[i:i + (1 << 16)]))
+        if d.eof:
+          break
+    except zlib.error:
+      break
+    if not d.eof:
+      break
+    raw = d.unused_data
+  return b"".join(out)
+
+
 def read_lines(path: str) -> list[str]:
-  """The file's lines (gzip if the name ends in .gz), decoded as latin-1; raises on empty or truncated files."""
+  """The file's lines (gzip if the name ends in .gz), decoded as latin-1.
+
+  Raises:
+    ValueError: naming the file, for an empty file; a truncated or corrupt gzip stream (with the
+      number of complete rows it still holds); a last row without its newline (every GroupLens
+      file ends each row with one, so the file was cut short, possibly inside the row's last field).
+  """
   chunks: list[bytes] = []
   try:
     with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as f:
       while chunk := f.read(1 << 22):
         chunks.append(chunk)
   except (EOFError, zlib.error, gzip.BadGzipFile) as e:
-    rows = b"".join(chunks).count(b"\n")
-    raise ValueError(f"{path}: truncated or corrupt gzip stream ({e}); it ends after about {rows} complete "
-                     f"rows, so row {rows + 1} onwards is missing. Download the file again from {DOWNLOAD}") from e
-  lines = b"".join(chunks).decode("latin-1").splitlines()
+    with open(path, "rb") as f:
+      rows = _salvage(f.read()).count(b"\n")
+    raise ValueError(f"{path}: truncated or corrupt gzip stream ({e}): it holds {rows} complete rows, so row "
+                     f"{rows + 1} onwards is missing. Download the file again from {DOWNLOAD}") from e
+  text = b"".join(chunks).decode("latin-1")
+  lines = text.splitlines()
   if not any(line.strip() for line in lines):
     raise ValueError(f"{path}: empty file (no rows)")
+  if not text.endswith(("\n", "\r")):
+    raise ValueError(f"{path}: row {len(lines)} has no newline, so the file was cut short, possibly inside that "
+                     f"row's last field ({lines[-1]!r}); every GroupLens file ends each row with one. Download the "
+                     f"file again from {DOWNLOAD} (or, if that row is complete, end it with a newline)")
   return lines
 
 
