@@ -27,6 +27,7 @@ from cascadejax.multitask import MultitaskSection
 from cascadejax.methods import CascadeMethod, get_method
 from cascadejax.optimizer import OptimizerSection
 from cascadejax.rerank import RerankSection
+from cascadejax import faults, files
 from cascadejax.sections import Section, flatten, plain
 
 # Keys a resumed run may change without changing what it computes (train.steps changes the
@@ -164,18 +165,41 @@ def from_file(path: str) -> ConfigDict:
 
 
 def save(config: ConfigDict, workdir: str) -> None:
-  """Writes `workdir/config.json`."""
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2, sort_keys=True))
+  """Writes `workdir/config.json` atomically (`files.write_atomic`), unless it already holds `config`.
+
+  A resume with the same config leaves the file untouched; one with allowed changes
+  (`RESUMABLE_CHANGES`, e.g. new days) replaces it whole, so a kill or a full disk leaves the old file
+  or the new one, never an empty or half-written one.
+  """
+  path = os.path.join(workdir, "config.json")
+  text = config.to_json(indent=2, sort_keys=True)
+  if os.path.exists(path):
+    with open(path) as f:
+      if f.read() == text:
+        return
+  files.write_atomic(path, text, midway=lambda: faults.point("config_write"))
 
 
 def load(workdir: str) -> ConfigDict:
-  """Reads `workdir/config.json` back into a ConfigDict (JSON lists become tuples)."""
+  """Reads `workdir/config.json` back into a ConfigDict (JSON lists become tuples).
+
+  Raises:
+    FileNotFoundError: if there is none.
+    ValueError: naming the file and what to do, if it is empty or not JSON.
+  """
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: is {workdir!r} a cascadejax workdir (made by train.py)?")
-  with open(path) as f:
-    return ConfigDict(plain(json.load(f)))
+  with open(path, "rb") as f:
+    raw = f.read()
+  try:
+    return ConfigDict(plain(json.loads(raw.decode())))
+  except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    what = "is empty" if not raw.strip() else f"is not valid JSON ({err})"
+    raise ValueError(f"{path} {what}: the run's config was damaged. Its checkpoints are intact: restore "
+                     "config.json from a copy, or delete it and run train.py again with the run's original "
+                     "--config and overrides (each checkpoint records its config and refuses a different one)"
+                     ) from None
 
 
 # Keys added after runs were already being saved, with the value that reproduces what a run saved

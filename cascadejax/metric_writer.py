@@ -1,4 +1,10 @@
-"""Where training reports go: `workdir/metrics.jsonl` (one JSON object per report) and TensorBoard."""
+"""Where training reports go: `workdir/metrics.jsonl` (one JSON object per report) and TensorBoard.
+
+`metrics.jsonl` is only ever appended to or replaced whole: a resume that drops the reports written
+after the restored checkpoint, or the repair of a partial last line (a power cut inside an append),
+writes the kept lines to a temp file and renames it over the log (`files.write_atomic`), so a kill at
+any moment leaves the whole old log or the whole new one.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,10 @@ import os
 import re
 from typing import Any, Mapping
 
+from absl import logging
 from tensorboardX import SummaryWriter
+
+from cascadejax import faults, files
 
 
 class MetricWriter:
@@ -16,7 +25,8 @@ class MetricWriter:
   Args:
     workdir: the run's directory.
     resume_step: when resuming from a checkpoint at this step, reports of later steps (written by the
-      interrupted run after its last checkpoint) are dropped from both logs so they are not doubled.
+      interrupted run after its last checkpoint) are dropped from both logs so they are not doubled
+      (TensorBoard: the new event file purges later steps of the old ones, `purge_step`).
     enabled: False on every process but the first of a multi-host run.
     test_days: the days the final evaluation tests (`config.data.test_days`, for readers with days):
       on resume, final reports of other test days are kept, so a run moved forward day by day keeps
@@ -29,11 +39,14 @@ class MetricWriter:
     self.enabled = enabled
     if not enabled:
       return
-    if resume_step is not None and os.path.exists(self.path):
+    if os.path.exists(self.path):
       with open(self.path) as f:
-        kept = [line for line in f if line.strip() and not _after(line, resume_step, test_days)]
-      with open(self.path, "w") as f:
-        f.writelines(kept)
+        text = f.read()
+      lines = _lines(text, self.path)
+      kept = [line for line in lines if resume_step is None or not _after(line, resume_step, test_days)]
+      if kept != lines or (text and not text.endswith("\n")):
+        files.write_atomic(self.path, "".join(line + "\n" for line in kept),
+                           midway=lambda: faults.point("metrics_rewrite", resume_step))
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
                              purge_step=None if resume_step is None else resume_step + 1)
 
@@ -41,8 +54,10 @@ class MetricWriter:
     """Writes one report: `{"step": step, **fields, **scalars}`; returns it."""
     record = {"step": int(step), **fields, **{k: float(v) for k, v in scalars.items()}}
     if self.enabled:
+      line = json.dumps(record) + "\n"
       with open(self.path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+        faults.point("metrics_write", int(step), before=lambda: (f.write(line[: len(line) // 2]), f.flush()))
+        f.write(line)
       prefix = f"{fields['split']}/" if "split" in fields else ""
       for k, v in scalars.items():
         self._tb.add_scalar(prefix + _tag(k), float(v), int(step))
@@ -60,6 +75,32 @@ def _tag(name: str) -> str:
   return name.replace("@", "_at_")
 
 
+def _lines(text: str, path: str) -> list[str]:
+  """The complete report lines of a `metrics.jsonl` text (without newlines). A last line cut short
+  (no newline, not JSON: an append cut off) is dropped with a warning naming the file.
+
+  Raises:
+    ValueError: naming the file and line, for a damaged line before the last.
+  """
+  lines = text.split("\n")
+  tail = lines.pop()  # "" when the text ends with a newline
+  for i, line in enumerate(lines):
+    if line.strip():
+      try:
+        json.loads(line)
+      except json.JSONDecodeError as err:
+        raise ValueError(f"{path}, line {i + 1}, is not a JSON report ({err}): the log was damaged; "
+                         f"remove or repair that line") from None
+  if tail.strip():
+    try:
+      json.loads(tail)
+      lines.append(tail)  # whole, only its newline missing
+    except json.JSONDecodeError:
+      logging.warning("%s: its last line (%d characters, %r...) is cut short (an append was cut off); it "
+                      "is dropped", path, len(tail), tail[:40])
+  return [line for line in lines if line.strip()]
+
+
 def _after(line: str, step: int, test_days: list | None = None) -> bool:
   """Whether a trainer report is one the resumed run writes again: a step after `step`, or the
   final evaluation of the same test days (reports of `cascadejax.evaluate` are kept)."""
@@ -69,10 +110,14 @@ def _after(line: str, step: int, test_days: list | None = None) -> bool:
 
 
 def read(workdir: str) -> list[dict[str, Any]]:
-  """All reports of `workdir/metrics.jsonl`, in order."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """All reports of `workdir/metrics.jsonl`, in order (a cut-off last line is left out, with a warning).
 
+  Raises:
+    ValueError: naming the file and line, for a damaged line before the last.
+  """
+  path = os.path.join(workdir, "metrics.jsonl")
+  with open(path) as f:
+    return [json.loads(line) for line in _lines(f.read(), path)]
 
 
 # `<stage>/recall@G@K`, `<stage>/ndcg@K`, `<stage>/survival`, each maybe with `_random` (metrics.py).
