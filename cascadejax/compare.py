@@ -46,7 +46,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 
-from cascadejax import configuration, trainer, tuning, workdir as workdir_lib
+from cascadejax import configuration, trainer, tuning, workdir as workdir_lib, workdir_lock
 
 WALL_FILE = "compare_wall_s.json"
 DIVERGED_FILE = "compare_diverged.json"
@@ -87,7 +87,14 @@ def run_config(config: ConfigDict, method: str, seed: int) -> ConfigDict:
 
 def run_one(config: ConfigDict, workdir: str) -> dict:
   """Trains one run unless its workdir already holds its outcome; returns the final report and the
-  wall time, or, for a run that diverged, `{"diverged_step": step, "wall_s": seconds}`."""
+  wall time, or, for a run that diverged, `{"diverged_step": step, "wall_s": seconds}`. Holds the
+  run's workdir lock throughout (`cascadejax.workdir_lock`): two comparisons on one --out fail at the
+  first shared run, naming the other."""
+  with workdir_lock.hold(workdir, jax.process_index()):
+    return _run_one(config, workdir)
+
+
+def _run_one(config: ConfigDict, workdir: str) -> dict:
   wall_path, diverged_path = os.path.join(workdir, WALL_FILE), os.path.join(workdir, DIVERGED_FILE)
   saved = workdir_lib.saved_config(workdir)
   changed = [] if saved is None else configuration.differing_keys(saved, config)
