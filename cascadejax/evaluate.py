@@ -2,6 +2,10 @@
 
 `--mesh_shape=1,1` reads a checkpoint written on more devices than this machine has (docs/sharding.md).
 
+`python -m cascadejax.evaluate --verify --workdir W` evaluates nothing: it checks every checkpoint
+step of W against its checksums and prints one line per step, `ok`, `damaged (<file> ...)` or
+`unverified (...)`, exiting with status 1 if a step is damaged (docs/reliability.md).
+
 Rebuilds the run from `W/config.json`, restores the latest (or the given) checkpoint, runs the
 jitted evaluation over the split, appends the metrics to `W/metrics.jsonl` (with `"source":
 "evaluate"`) and prints them as a table (`metric_writer.table`), or with `--json` as the JSON
@@ -20,12 +24,14 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import os
+import sys
 from typing import Any, Sequence
 
 import jax
 from absl import app, flags
 
-from cascadejax import metric_writer, metrics, rerank, workdir as workdir_lib
+from cascadejax import checksums, metric_writer, metrics, rerank, workdir as workdir_lib
 from cascadejax.ops.selection import select
 from cascadejax.experiment import Experiment
 
@@ -91,6 +97,20 @@ def evaluate_workdir(workdir: str, split: str = "test", step: int | None = None,
   return report
 
 
+def verify_workdir(workdir: str) -> list[str]:
+  """One line per checkpoint step of `workdir`, newest first: `step N: ok`, `step N: damaged (...)` or
+  `step N: unverified (...)` (`checksums.verify_step`; reads only).
+
+  Raises:
+    FileNotFoundError: if the workdir holds no checkpoint step.
+  """
+  directory = os.path.join(workdir, "checkpoints")
+  results = checksums.verify_directory(directory)
+  if not results:
+    raise FileNotFoundError(f"no checkpoint step in {directory}")
+  return [f"step {step}: {status}" + (f" ({detail})" if detail else "") for step, status, detail in results]
+
+
 def rerank_overrides(items: Sequence[str]) -> dict[str, Any]:
   """`--rerank` values (`KEY=VALUE`) as options: values are Python literals, else strings.
 
@@ -120,6 +140,8 @@ def define_flags() -> None:
   flags.DEFINE_multi_string("rerank", [], "KEY=VALUE: a re-ranking option overriding config.rerank (repeatable), "
                             "e.g. --rerank method=mmr --rerank k=5.")
   flags.DEFINE_bool("json", False, "Print the report as JSON instead of a table.")
+  flags.DEFINE_bool("verify", False, "Only check every checkpoint step of --workdir against its checksums and "
+                    "print ok / damaged (file) / unverified per step; exit 1 if one is damaged.")
   flags.DEFINE_bool("corpus", False, "Also evaluate the cascade from the whole item corpus (retrieval from every "
                     "item, then the later stages; see cascadejax.corpus.evaluation).")
 
@@ -129,6 +151,13 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   FLAGS = flags.FLAGS
+  if FLAGS.verify:
+    try:
+      lines = verify_workdir(FLAGS.workdir)
+    except FileNotFoundError as err:
+      sys.exit(f"--verify: {err}")
+    print("\n".join(lines))
+    sys.exit(1 if any(": damaged" in line for line in lines) else 0)
   try:
     overrides = rerank_overrides(FLAGS.rerank)
   except ValueError as err:

@@ -151,16 +151,45 @@ class Experiment:
             "process_shares": self.data.process_share is not None}
 
   def restore(self, checkpointer: Checkpointer, data_iterator: Any = None, step: int | None = None) -> TrainState:
-    """The state of a checkpoint (latest unless `step`), on this run's mesh and shardings.
+    """The state of a checkpoint (the newest intact one unless `step`), on this run's mesh and shardings.
 
     The checkpoint may come from another device or process count: arrays are read onto this mesh,
     and row-sharded tables saved with another shard count are converted to this one's layout
     (`Update.relayout`), so every logical row keeps its values and optimizer state.
+
+    Raises:
+      ValueError: naming the config keys, if this config differs from the one the checkpoint
+        recorded in keys a resumed run may not change (`configuration.RESUMABLE_CHANGES`), or, for a
+        checkpoint that recorded none, if its arrays do not fit this config's.
+      FileNotFoundError: if there is no intact checkpoint.
     """
+    step = checkpointer.intact_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no intact checkpoint in {checkpointer.directory} "
+                              "(python -m cascadejax.evaluate --verify says why)")
+    recorded = checkpointer.recorded_config(step)
+    if recorded is not None:
+      flat_recorded, flat_now = configuration.flatten(recorded), configuration.flatten(self.config)
+      bad = [k for k in configuration.differing_keys(recorded, self.config) if k not in configuration.RESUMABLE_CHANGES]
+      if bad:
+        lines = "; ".join(f"config.{k}: {flat_recorded.get(k, '<missing>')!r} in the checkpoint, "
+                          f"{flat_now.get(k, '<missing>')!r} now" for k in bad)
+        raise ValueError(f"checkpoint step {step} in {checkpointer.directory} was saved with a different config "
+                         f"({len(bad)} key(s)): {lines}. Use the run's own config (or a new --workdir)")
     saved = (checkpointer.layout(step) or {}).get("embedding_shards")
-    if not self.update.needs_relayout(saved):
-      return checkpointer.restore(self.abstract_state(), data_iterator, step)
-    state = checkpointer.restore(self.update.saved_abstract(self.abstract_state(), saved), data_iterator, step)
+    relayout = self.update.needs_relayout(saved)
+    abstract = self.update.saved_abstract(self.abstract_state(), saved) if relayout else self.abstract_state()
+    try:
+      state = checkpointer.restore(abstract, data_iterator, step)
+    except ValueError as err:
+      if "shape" not in str(err).lower() and "structure" not in str(err).lower():
+        raise
+      first = str(err).strip().splitlines()[0][:300]
+      raise ValueError(f"checkpoint step {step} in {checkpointer.directory} does not fit this config's arrays "
+                       f"({first}...): the workdir's config.json is not the one it was trained with (the "
+                       "checkpoint predates recorded configs, so the differing keys are unknown)") from None
+    if not relayout:
+      return state
     return jax.jit(functools.partial(self.update.relayout, saved_shards=saved), out_shardings=self.state_sharding)(state)
 
   # ---- steps ----

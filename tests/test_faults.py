@@ -1,0 +1,292 @@
+"""Faults a long run meets (issue 24): kill -9 at named points, a full disk inside orbax's threads,
+damaged checkpoint bytes and files, damaged config.json and metrics.jsonl, two runs in one workdir,
+a checkpoint of another config. Each case ran wrongly before (the issue's list); docs/reliability.md
+maps every promise to its test here.
+
+Kills are real: `python -m tests.fault_cases W` runs with `CASCADEJAX_FAULT` (`cascadejax.faults`)
+and dies by SIGKILL at the named point; the chain of kills and reruns in one workdir must end with
+the final metrics, the parameters and the report log of one uninterrupted run.
+"""
+
+import errno
+import glob
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from etils import epath
+
+from cascadejax import checksums, compare, configuration, evaluate, faults, metric_writer, trainer, workdir, \
+    workdir_lock
+from cascadejax.checkpoint import Checkpointer, CheckpointSaveError
+from tests import fault_cases
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _key(report):  # a report without its wall-clock throughput
+  return {k: v for k, v in report.items() if k != "requests_per_s"}
+
+
+def _leaves(workdir_, step=None):
+  _, state = workdir.restore(str(workdir_), step)
+  return [np.asarray(x) for x in jax.tree.leaves(state)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """One uninterrupted run of `fault_cases.config()` (in this process)."""
+  path = tmp_path_factory.mktemp("faults") / "reference"
+  trainer.train_and_evaluate(fault_cases.config(), str(path))
+  return path
+
+
+def _run(workdir_, fault=None, cache=None):
+  env = {**os.environ, "PYTHONPATH": ROOT, "JAX_COMPILATION_CACHE_DIR": str(cache),
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+  env.pop(faults.ENV, None)
+  if fault:
+    env[faults.ENV] = fault
+  return subprocess.run([sys.executable, "-m", "tests.fault_cases", str(workdir_)], env=env, cwd=ROOT,
+                        capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+  """One workdir killed inside the config write, inside a metrics append, inside a checkpoint save and
+  during the final evaluation, each time started again; then run to the end. Returns the workdir and
+  what was seen after each kill."""
+  tmp = tmp_path_factory.mktemp("chain")
+  path, cache, seen = tmp / "w", tmp / "xla_cache", {}
+  for fault in ("config_write", "metrics_write:2", "inside_save:4", "final_eval"):
+    done = _run(path, fault, cache)
+    assert done.returncode == -signal.SIGKILL, (fault, done.stderr[-3000:])
+    seen[fault] = {"stderr": done.stderr, "files": sorted(os.listdir(path)),
+                   "metrics": (path / "metrics.jsonl").read_text() if (path / "metrics.jsonl").exists() else None,
+                   "steps": checksums.verify_directory(str(path / "checkpoints"))}
+  done = _run(path, None, cache)
+  assert done.returncode == 0, done.stderr[-3000:]
+  seen["end"] = {"stderr": done.stderr}
+  return path, seen
+
+
+def test_killed_at_every_point_the_rerun_ends_as_the_uninterrupted_run(reference, chain):
+  path, _ = chain
+  assert _key(workdir.final_report(str(path))) == _key(workdir.final_report(str(reference)))
+  for a, b in zip(_leaves(path), _leaves(reference), strict=True):
+    np.testing.assert_array_equal(a, b)
+  # metrics.jsonl: every report once, in order, with the uninterrupted run's values
+  assert [_key(r) for r in metric_writer.read(str(path))] == [_key(r) for r in metric_writer.read(str(reference))]
+  assert [line.split()[-1] for line in evaluate.verify_workdir(str(path))] == ["ok"] * 3
+
+
+def test_a_kill_inside_the_config_write_leaves_no_half_config(chain):
+  _, seen = chain
+  assert "config.json" not in seen["config_write"]["files"]  # the half-written file never took its name
+  assert "config.json.tmp" in seen["config_write"]["files"]
+
+
+def test_a_kill_inside_a_metrics_append_is_repaired_with_a_warning_naming_the_file(chain):
+  path, seen = chain
+  text = seen["metrics_write:2"]["metrics"]
+  assert text and not text.endswith("\n")  # the kill left half a line
+  assert f"{path / 'metrics.jsonl'}: its last line" in seen["inside_save:4"]["stderr"]
+
+
+def test_a_kill_inside_a_save_keeps_the_previous_step(chain):
+  _, seen = chain
+  steps = {s: status for s, status, _ in seen["inside_save:4"]["steps"]}
+  assert steps.get(4) != "ok" and 2 in steps
+  assert "resumed from step" not in seen["config_write"]["stderr"]
+
+
+def test_a_second_start_fails_at_once_naming_the_holder_and_the_lock_dies_with_it(tmp_path):
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys\nfrom cascadejax import workdir_lock\nwith workdir_lock.hold(sys.argv[1]):\n"
+       "  print('held', flush=True)\n  sys.stdin.read()", str(tmp_path)],
+      cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline() == "held\n"
+    match = rf"is in use by another run \(host {os.uname().nodename}, pid {holder.pid}, started 20"
+    with pytest.raises(workdir_lock.WorkdirLockedError, match=match):
+      trainer.train_and_evaluate(fault_cases.config(), str(tmp_path))
+    with pytest.raises(workdir_lock.WorkdirLockedError, match=match):  # compare's runs take it too
+      compare.run_one(fault_cases.config(), str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["lock.0"]  # nothing written
+    with workdir_lock.hold(str(tmp_path), 1):  # another process of a multi-host run has its own lock
+      pass
+  finally:
+    holder.kill()
+    holder.wait()
+  with workdir_lock.hold(str(tmp_path)) as lock, workdir_lock.hold(str(tmp_path)):  # no stale lock; re-entrant
+    assert workdir_lock.holder(lock)["pid"] == os.getpid()
+
+
+def _copy(reference, tmp_path):
+  shutil.copytree(reference, tmp_path / "w")
+  return tmp_path / "w"
+
+
+def _bit_flip(step_dir):
+  path = max(glob.glob(f"{step_dir}/state/ocdbt.process_0/d/*"), key=os.path.getsize)
+  data = bytearray(open(path, "rb").read())
+  data[len(data) // 2] ^= 0x10
+  open(path, "wb").write(data)
+  return os.path.relpath(path, step_dir)
+
+
+def _truncate(step_dir):
+  path = f"{step_dir}/state/manifest.ocdbt"
+  os.truncate(path, os.path.getsize(path) // 2)
+  return "state/manifest.ocdbt"
+
+
+def _delete(step_dir):
+  os.remove(f"{step_dir}/data/process_0-of-1.json")
+  return "data/process_0-of-1.json"
+
+
+def _garble_checksums(step_dir):
+  with open(f"{step_dir}/checksums.json", "r+") as f:
+    f.seek(40)
+    f.write("0")
+  return "checksums.json"
+
+
+@pytest.mark.parametrize("damage", [_bit_flip, _truncate, _delete, _garble_checksums])
+def test_damaged_newest_step_is_named_and_the_newest_intact_one_is_chosen(reference, tmp_path, damage, caplog):
+  path = _copy(reference, tmp_path)
+  name = damage(path / "checkpoints" / "6")
+  lines = evaluate.verify_workdir(str(path))
+  assert lines[0].startswith(f"step 6: damaged ({name} ") and lines[1:] == ["step 4: ok", "step 2: ok"]
+  with caplog.at_level(logging.WARNING):
+    assert Checkpointer(str(path / "checkpoints")).intact_step() == 4
+  assert f"checkpoint step 6 in {path / 'checkpoints'} is damaged ({name} " in caplog.text
+
+
+def test_a_damaged_step_never_restores_and_training_resumes_from_the_previous_one(reference, tmp_path, caplog):
+  path = _copy(reference, tmp_path)
+  name = _bit_flip(path / "checkpoints" / "6")
+  with pytest.raises(ValueError, match=rf"checkpoint step 6 in .* is damaged \({name} differs from its checksum\)"):
+    workdir.restore(str(path), step=6)
+  for a, b in zip(_leaves(path), _leaves(reference, 4), strict=True):  # the default falls back to step 4
+    np.testing.assert_array_equal(a, b)
+  with caplog.at_level(logging.WARNING):
+    report = trainer.train_and_evaluate(fault_cases.config(), str(path))  # trains steps 5 and 6 again
+  assert "checkpoint step 6 (not intact) moved to" in caplog.text
+  assert _key(report) == _key(workdir.final_report(str(reference)))
+  assert [line.split()[-1] for line in evaluate.verify_workdir(str(path))] == ["ok"] * 3
+  assert os.listdir(path / "checkpoints.set_aside") == ["6"]
+
+
+def test_a_checkpoint_of_another_config_names_the_differing_keys(reference, tmp_path):
+  path = _copy(reference, tmp_path)
+  os.remove(path / "config.json")  # the user deleted it and starts another config in the same workdir
+  other = fault_cases.config()
+  other.embedding.dim, other.optimizer.learning_rate = 8, 0.5
+  with pytest.raises(ValueError) as err:
+    trainer.train_and_evaluate(other, str(path))
+  message = str(err.value)
+  assert message.startswith(f"checkpoint step 6 in {path / 'checkpoints'} was saved with a different config "
+                            "(2 key(s)): config.embedding.dim: 4 in the checkpoint, 8 now; "
+                            "config.optimizer.learning_rate:")
+  assert len(message.splitlines()) == 1 and not (path / "config.json").exists()
+
+
+@pytest.mark.parametrize("content, what", [("", "is empty"), ('{"seed": 0, "data": {', "is not valid JSON")])
+def test_a_damaged_config_json_names_the_file_and_what_to_do(reference, tmp_path, content, what):
+  path = _copy(reference, tmp_path)
+  (path / "config.json").write_text(content)
+  for read in (workdir.saved_config, workdir.restore):
+    with pytest.raises(ValueError, match=rf"{path / 'config.json'} {what}.*delete it and run train.py again"):
+      read(str(path))
+
+
+def test_resumed_config_is_not_rewritten(reference, tmp_path):
+  path = _copy(reference, tmp_path)
+  before = os.stat(path / "config.json")
+  configuration.save(fault_cases.config(), str(path))
+  assert os.stat(path / "config.json").st_ino == before.st_ino and os.stat(path / "config.json").st_mtime_ns == \
+      before.st_mtime_ns
+
+
+class _Killed(BaseException):
+  pass
+
+
+def _kill_at(monkeypatch, point):
+  monkeypatch.setenv(faults.ENV, point)
+  monkeypatch.setattr(faults.os, "kill", lambda pid, sig: (_ for _ in ()).throw(_Killed()))
+
+
+def test_a_kill_inside_the_resume_rewrite_of_metrics_loses_no_line(tmp_path, monkeypatch):
+  writer = metric_writer.MetricWriter(str(tmp_path))
+  for step in (2, 4, 6):
+    writer.write(step, {"loss": step}, split="train")
+  writer.close()
+  before = (tmp_path / "metrics.jsonl").read_text()
+  _kill_at(monkeypatch, "metrics_rewrite")
+  with pytest.raises(_Killed):
+    metric_writer.MetricWriter(str(tmp_path), resume_step=2)  # drops 4 and 6 through a temp file
+  assert (tmp_path / "metrics.jsonl").read_text() == before
+  monkeypatch.delenv(faults.ENV)
+  metric_writer.MetricWriter(str(tmp_path), resume_step=2).close()
+  assert [r["step"] for r in metric_writer.read(str(tmp_path))] == [2]
+
+
+def test_a_cut_off_last_metrics_line_is_left_out_a_damaged_earlier_one_is_named(tmp_path, caplog):
+  (tmp_path / "metrics.jsonl").write_text('{"step": 2, "loss": 1.0}\n{"step": 4, "lo')
+  with caplog.at_level(logging.WARNING):
+    assert metric_writer.read(str(tmp_path)) == [{"step": 2, "loss": 1.0}]
+  assert f"{tmp_path / 'metrics.jsonl'}: its last line (15 characters" in caplog.text
+  (tmp_path / "metrics.jsonl").write_text('{"step": 2, "lo\n{"step": 4, "loss": 1.0}\n')
+  with pytest.raises(ValueError, match=rf"{tmp_path / 'metrics.jsonl'}, line 1, is not a JSON report"):
+    metric_writer.read(str(tmp_path))
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EACCES])
+def test_a_failed_write_inside_orbax_threads_stops_on_the_main_thread_naming_what_is_kept(tmp_path, monkeypatch, code):
+  directory = tmp_path / "checkpoints"
+  saver, state, threads = Checkpointer(str(directory)), {"w": jnp.arange(4.0)}, []
+  saver.save(1, state, layout={"n": 1})
+  saver.wait()
+  write_text = type(epath.Path("/")).write_text
+
+  def failing(self, *args, **kwargs):
+    if "layout" in str(self):
+      threads.append(threading.current_thread().name)
+      raise OSError(code, os.strerror(code), str(self))
+    return write_text(self, *args, **kwargs)
+
+  monkeypatch.setattr(type(epath.Path("/")), "write_text", failing)
+  with pytest.raises(CheckpointSaveError) as err:
+    saver.save(2, state, layout={"n": 2})
+    saver.wait()
+  assert threads and "MainThread" not in threads  # it failed in orbax's thread, and stopped this one
+  assert str(err.value).startswith(f"saving checkpoint step 2 to {directory} failed: [Errno {code}]")
+  assert " MiB free there); the last intact checkpoint, step 1, is kept. Free space" in str(err.value)
+  monkeypatch.undo()
+  assert Checkpointer(str(directory)).intact_step() == 1
+
+
+def test_a_non_finite_loss_just_after_a_restore_says_the_restored_step_may_be_damaged():
+  stub = types.SimpleNamespace(wait=lambda: None, latest_step=lambda: 4, every=2, directory="/w/checkpoints",
+                               restored_step=4)
+  state = types.SimpleNamespace(nonfinite_step=np.int32(5))  # step 6, two after the restore
+  with pytest.raises(trainer.NonFiniteLossError, match=r"resumed from step 4 only 2 step\(s\) before: the restored "
+                     r"checkpoint may be damaged \(check every step with python -m cascadejax.evaluate --verify "
+                     r"--workdir /w\)"):
+    trainer._check_finite(state, stub)
+  stub.restored_step = 2  # longer ago than checkpoint_every: the usual advice
+  with pytest.raises(trainer.NonFiniteLossError, match=r"The last good checkpoint \(step 4\) is kept"):
+    trainer._check_finite(state, stub)
