@@ -168,8 +168,29 @@ class ExportedCascade:
         self._params.append(flax.serialization.msgpack_restore(f.read()))
     self._features = {side: [x["name"] for x in self.manifest["features"] if x["side"] == side]
                       for side in ("user", "items")}
-
+    self._sizes = {x["name"]: x["vocab_size"] for x in self.manifest["features"]}
     self._directory = directory
+
+  def _ids(self, given: Mapping[str, Any], side: str) -> dict[str, jax.Array]:
+    """The `side` ("user" or "items") features of `given` as int32 rows, each checked against its
+    table (`[0, vocab_size)`): a scorer would read an out-of-range row as NaN and a negative one as
+    some other row, so either raises a ValueError naming the feature, the ids and the range."""
+    out = {}
+    for name in self._features[side]:
+      if name not in given:
+        raise ValueError(f"missing {side} feature {name!r} (the cascade reads {self._features[side]}, got "
+                         f"{sorted(given)})")
+      ids, size = np.asarray(given[name]), self._sizes[name]
+      if not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"{side} feature {name!r} must hold integer table rows, got {ids.dtype}")
+      bad = (ids < 0) | (ids >= size)
+      if bad.any():
+        how = (f"map raw ids to rows with rows({name!r}, raw_ids) first (unknown ids -> the out-of-vocabulary "
+               "rows, as in training)" if self.manifest.get("vocab") else "ids are rows of the training data's table")
+        raise ValueError(f"{side} feature {name!r}: ids {np.unique(ids[bad])[:5].tolist()} ({int(bad.sum())} of "
+                         f"{ids.size}) are outside its table's rows [0, {size}); {how}")
+      out[name] = jnp.asarray(ids, jnp.int32)
+    return out
 
   def rows(self, feature: str, raw_ids) -> np.ndarray:
     """The table rows of raw ids (strings or ints) of `feature`, mapped by the exported vocabulary as
@@ -205,7 +226,7 @@ class ExportedCascade:
     """`[B, d]` query vectors of the first stage for the requests `user` (feature -> `[B]` or `[B, L]`);
     `[B, E, d]`, one per item pool (`index/pools.npy`), for `moe_nominators`."""
     self._index()
-    return self._query.call(self._params[0], {k: jnp.asarray(user[k], jnp.int32) for k in self._features["user"]})
+    return self._query.call(self._params[0], self._ids(user, "user"))
 
   def retrieve(self, user: Mapping[str, Any], k: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Each request's top k corpus items by the first stage (exact inner-product search of the index).
@@ -239,14 +260,14 @@ class ExportedCascade:
             "alive": np.asarray(select(scores, self.ks, where=jnp.asarray(idx >= 0)))}
 
   def score_stage(self, stage: int, batch: CascadeBatch) -> jax.Array:
-    """`[B, N]` scores of stage `stage` (0-based) for every candidate slot."""
-    user = {k: jnp.asarray(batch.user[k], jnp.int32) for k in self._features["user"]}
-    items = {k: jnp.asarray(batch.items[k], jnp.int32) for k in self._features["items"]}
-    return self._scorers[stage].call(self._params[stage], user, items)
+    """`[B, N]` scores of stage `stage` (0-based) for every candidate slot (ids checked by `_ids`)."""
+    return self._scorers[stage].call(self._params[stage], self._ids(batch.user, "user"),
+                                     self._ids(batch.items, "items"))
 
   def score(self, batch: CascadeBatch) -> jax.Array:
     """`[S, B, N]` scores of every stage."""
-    return jnp.stack([self.score_stage(s, batch) for s in range(len(self.names))])
+    user, items = self._ids(batch.user, "user"), self._ids(batch.items, "items")
+    return jnp.stack([self._scorers[s].call(self._params[s], user, items) for s in range(len(self.names))])
 
   def select(self, batch: CascadeBatch) -> np.ndarray:
     """`[S, B, N]` bool: the candidates alive after each stage of the hard cascade."""
