@@ -37,6 +37,11 @@ class MeshSection(Section):
       raise ValueError(f"config.mesh.axes {self.axes} and config.mesh.shape {self.shape} must have the same length")
     if "data" not in self.axes:
       raise ValueError(f"config.mesh.axes must include a 'data' axis, got {self.axes}")
+    if len(set(self.axes)) != len(self.axes):
+      raise ValueError(f"config.mesh.axes must be distinct names, got {self.axes}")
+    if any(s < 1 and s != -1 for s in self.shape) or self.shape.count(-1) > 1:
+      raise ValueError(f"config.mesh.shape {self.shape}: every size must be >= 1, and at most one -1 "
+                       "(all the remaining devices)")
 
 
 def make_mesh(config: ConfigDict | MeshSection, devices: list | None = None) -> Mesh:

@@ -44,11 +44,14 @@ class MultitaskSection(Section):
   task_weights: Any = dataclasses.field(default_factory=dict)
 
   def check(self) -> None:
-    if self.weight < 0:
+    if not 0.0 <= self.weight < float("inf"):
       raise ValueError(f"config.multitask.weight must be >= 0 (0 = off), got {self.weight}")
     if not isinstance(self.task_weights, dict) or any(
         isinstance(v, bool) or not isinstance(v, (int, float)) for v in self.task_weights.values()):
       raise ValueError(f"config.multitask.task_weights must map task names to numbers, got {self.task_weights!r}")
+    for task, value in self.task_weights.items():
+      if not 0.0 <= value < float("inf"):
+        raise ValueError(f"config.multitask.task_weights.{task} must be a finite number >= 0, got {value}")
 
 
 def task_losses(task_logits: Mapping[str, jax.Array], batch: CascadeBatch, *,

@@ -7,6 +7,7 @@ schedule, so sharded tables and every other parameter move on one learning rate.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import optax
 
@@ -22,11 +23,12 @@ class OptimizerSection(Section):
 
   Attributes:
     name: one of `OPTIMIZERS`.
-    learning_rate: the peak learning rate (> 0).
+    learning_rate: the peak learning rate (finite, > 0).
     schedule: "constant" or "cosine" (decay to 0 over the run), after `warmup_steps` of linear warmup.
-    warmup_steps: >= 0.
-    weight_decay: >= 0; decoupled for adamw, added to the gradient otherwise.
-    grad_clip: global-norm clipping threshold, 0 = off.
+    warmup_steps: >= 0 (0 = no warmup).
+    weight_decay: finite, >= 0 (0 = none); decoupled for adamw, added to the gradient otherwise.
+    grad_clip: global-norm clipping threshold, finite, >= 0; 0 = no clipping (the only way to turn it
+      off: a negative value is refused, never read as "off").
   """
 
   KEY = "optimizer"
@@ -42,11 +44,12 @@ class OptimizerSection(Section):
       raise ValueError(f"config.optimizer.name: unknown optimizer {self.name!r}; available: {OPTIMIZERS}")
     if self.schedule not in SCHEDULES:
       raise ValueError(f"config.optimizer.schedule: unknown schedule {self.schedule!r}; available: {SCHEDULES}")
-    if self.learning_rate <= 0:
-      raise ValueError(f"config.optimizer.learning_rate must be > 0, got {self.learning_rate}")
-    for key in ("warmup_steps", "weight_decay", "grad_clip"):
-      if getattr(self, key) < 0:
-        raise ValueError(f"config.optimizer.{key} must be >= 0 (0 turns it off), got {getattr(self, key)}")
+    if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+      raise ValueError(f"config.optimizer.learning_rate must be > 0 and finite, got {self.learning_rate}")
+    for key, off in (("warmup_steps", "no warmup"), ("weight_decay", "no decay"), ("grad_clip", "no clipping")):
+      value = getattr(self, key)
+      if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"config.optimizer.{key} must be >= 0 and finite (0 = {off}), got {value}")
 
 
 def learning_rate(cfg: OptimizerSection, total_steps: int) -> optax.Schedule:

@@ -245,6 +245,9 @@ class RerankSection(Section):
       raise ValueError(f"config.rerank.mmr_lambda must be in [0, 1], got {self.mmr_lambda}")
     if not 0.0 <= self.dpp_theta < 1.0:
       raise ValueError(f"config.rerank.dpp_theta must be in [0, 1), got {self.dpp_theta}")
+    if not 0.0 <= self.dpp_jitter < float("inf"):
+      raise ValueError(f"config.rerank.dpp_jitter must be a finite number >= 0 (added to the similarity's "
+                       f"diagonal), got {self.dpp_jitter}")
     if self.max_per_creator < 1:
       raise ValueError(f"config.rerank.max_per_creator must be >= 1, got {self.max_per_creator}")
 

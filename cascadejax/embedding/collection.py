@@ -152,7 +152,7 @@ class EmbeddingSection(Section):
       raise ValueError(f"config.embedding.placement must be one of {PLACEMENTS}, got {self.placement!r}")
     if self.routing not in ROUTINGS:
       raise ValueError(f"config.embedding.routing must be one of {ROUTINGS}, got {self.routing!r}")
-    if self.capacity_factor < 0:
+    if not 0.0 <= self.capacity_factor < float("inf"):
       raise ValueError(f"config.embedding.capacity_factor must be a number >= 0, got {self.capacity_factor!r}")
     if self.replicate_below < 0:
       raise ValueError(f"config.embedding.replicate_below must be an int >= 0, got {self.replicate_below!r}")
