@@ -20,6 +20,7 @@ import importlib.util
 import os
 import re
 import sys
+import textwrap
 from typing import Any, Sequence
 
 from absl import flags
@@ -147,6 +148,7 @@ def parse_flags(argv: Sequence[str], *, name: str = "config", flag_values: flags
       sys.exit(2)
     if not isinstance(err, flags.Error):
       raise
-    print(f"FATAL Flags parsing error: {err}", file=sys.stderr)
-    print("Pass --helpshort or --helpfull to see help on flags.", file=sys.stderr)
+    text = str(err)  # as absl.app.parse_flags_with_usage words it
+    text = f"\n{textwrap.indent(text, '  ')}\n" if "\n" in text else f" {text}\n"
+    sys.stderr.write(f"FATAL Flags parsing error:{text}Pass --helpshort or --helpfull to see help on flags.\n")
     sys.exit(1)
