@@ -1,13 +1,14 @@
 """Train-step and evaluation throughput (requests/s) of a cascade config, side by side in one run.
 
-  python benchmarks/train_step.py [--config configs/default.py] [--batch 1024] [--iters 30]
+  python benchmarks/train_step.py [--config configs/default.py] [--batch 1024] [--iters 32]
 
 Prints, after compilation and warm-up: the jitted train step alone (batches already on device), the
-jitted evaluation step alone, the input pipeline alone (grain batches to device), and the full
-training loop (pipeline + step) twice, each as requests/s, plus ratios between them. The loop body is
-`trainer.py`'s (read, put, step, `trainer.accumulate`). "as trainer.py" dispatches asynchronously and
-waits only at the end, as the trainer does between log lines, so the host prepares the next batch while
-the device runs the step; "blocking" waits for every step, so host and device work add up.
+jitted evaluation step alone, the input pipeline alone (grain batches to device), and the training
+loop as `trainer.py` runs it (`trainer._advance`: read, place, K steps per dispatch, running sums)
+for `config.train.steps_per_call` K = 1, 4 and 16, with the batches read on the host (grain) and with
+the split on device (`config.data.on_device`: only row indices move), each as requests/s and as a
+ratio to the bare step. The loop dispatches asynchronously and waits only at the end, as the trainer
+does between log lines.
 """
 
 from __future__ import annotations
@@ -42,48 +43,51 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default="configs/default.py")
   parser.add_argument("--batch", type=int, default=1024)
-  parser.add_argument("--iters", type=int, default=30)
+  parser.add_argument("--iters", type=int, default=32)
   args = parser.parse_args()
 
   config = configuration.from_file(args.config)
   config.train.batch_size = config.train.eval_batch_size = args.batch
   config.data.num_train = max(config.data.num_train // 4, 8 * args.batch)  # enough distinct batches
   config.data.num_test = 2 * args.batch
-  exp = Experiment.build(config)
+  exps = {False: Experiment.build(config)}
+  on_device = config.copy_and_resolve_references()
+  on_device.data.on_device = True
+  exps[True] = Experiment.build(on_device)
+  exp = exps[False]
   ds = pipeline.train_dataset(exp.data.splits["train"], global_batch_size=args.batch, seed=0)
   batches = [mesh_lib.put_batch(ds[i], exp.mesh) for i in range(8)]
   holder = {"state": exp.init_state(), "i": 0, "sums": None}
 
-  def train_only():
+  def train_only():  # dispatched back to back on batches already on device: the device's own rate
     holder["i"] += 1
-    holder["state"], m = exp.train_step(holder["state"], batches[holder["i"] % len(batches)])
-    jax.block_until_ready(m["loss"])
+    holder["state"], holder["sums"] = exp.train_step(holder["state"], batches[holder["i"] % len(batches)])
 
   params = lambda: holder["state"].params["cascade"]
   eval_only = lambda: jax.block_until_ready(exp.eval_step(params(), batches[0]))
   it = pipeline.train_iterator(ds)
   input_only = lambda: jax.block_until_ready(mesh_lib.put_batch(next(it), exp.mesh))
-
-  def loop():
-    holder["state"], m = exp.train_step(holder["state"], mesh_lib.put_batch(next(it), exp.mesh))
-    holder["sums"] = trainer.accumulate(holder["sums"], m)
-
-  def blocking_loop():
-    loop()
-    jax.block_until_ready(holder["sums"])
-
   sync = lambda: jax.block_until_ready((holder["state"].step, holder["sums"]))
   results = {name: args.batch / timed(fn, args.iters, sync) for name, fn in
-             [("train step", train_only), ("eval step", eval_only), ("input pipeline", input_only),
-              ("train loop, as trainer.py", loop), ("train loop, blocking", blocking_loop)]}
+             [("train step", train_only), ("eval step", eval_only), ("input pipeline", input_only)]}
+
+  for gather in (False, True):
+    e = exps[gather]
+    loop_it = pipeline.train_iterator(pipeline.train_dataset(e.data.splits["train"], global_batch_size=args.batch,
+                                                             seed=0, indices=gather))
+    for k in (1, 4, 16):
+      def loop(k=k, e=e, loop_it=loop_it):
+        holder["state"], holder["sums"] = trainer._advance(e, holder["state"], loop_it, holder["sums"], k)
+      holder["sums"] = None
+      name = f"train loop, K={k}" + (", on device" if gather else "")
+      results[name] = args.batch * k / timed(loop, max(args.iters // k, 2), sync)
   stages = " -> ".join(f"{s.model}(k={s.k})" for s in exp.cascade.stages)
   print(f"config {args.config}: {stages}, N={config.data.list_size}, batch {args.batch}, "
         f"{jax.device_count()} x {jax.devices()[0].device_kind}, jax {jax.__version__}")
   for name, rate in results.items():
     print(f"  {name:38s} {rate:12,.0f} requests/s")
-  for name in ("eval step", "train loop, as trainer.py", "train loop, blocking"):
+  for name in [n for n in results if n.startswith(("eval", "train loop"))]:
     print(f"  {name + ' / train step':38s} {results[name] / results['train step']:12.2f} x")
-
 
 if __name__ == "__main__":
   main()

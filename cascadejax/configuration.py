@@ -38,6 +38,7 @@ from cascadejax.sections import Section, flatten, plain
 NEW_DATA_KEYS = ("data.train_days", "data.files")
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.eval_every", "train.eval_batch_size",
                      "train.checkpoint_every", "train.keep_checkpoints", "train.progress_bar", "mesh.shape",
+                     "train.steps_per_call", "data.on_device",
                      *NEW_DATA_KEYS, "data.test_days")
 
 
@@ -53,10 +54,13 @@ class TrainSection(Section):
     progress_bar: show a tqdm bar on the main process.
     eval_split: the split the periodic and final evaluations read ("valid" needs
       `config.data.valid_fraction` > 0).
+    steps_per_call: train steps run inside one jitted call (`lax.scan` over that many batches,
+      `Experiment.train_steps`), to take the host's per-step dispatch out of the loop; results are
+      bit for bit those of 1, and logs, evaluations and checkpoints still fall on their own steps.
   """
 
   KEY = "train"
-  ADDED = ("progress_bar", "eval_split")
+  ADDED = ("progress_bar", "eval_split", "steps_per_call")
   batch_size: int
   steps: int
   log_every: int
@@ -66,9 +70,11 @@ class TrainSection(Section):
   keep_checkpoints: int
   progress_bar: bool = True
   eval_split: Any = "test"  # a split name, checked below
+  steps_per_call: int = 1
 
   def check(self) -> None:
-    for key in ("batch_size", "steps", "log_every", "eval_batch_size", "checkpoint_every", "keep_checkpoints"):
+    for key in ("batch_size", "steps", "log_every", "eval_batch_size", "checkpoint_every", "keep_checkpoints",
+                "steps_per_call"):
       if getattr(self, key) < 1:
         raise ValueError(f"config.train.{key} must be >= 1, got {getattr(self, key)}")
     if self.eval_every < 0:

@@ -212,10 +212,11 @@ class Experiment:
     return corpus.key, corpus_training.device_arrays(corpus, section.smoothing)
 
   @functools.cached_property
-  def train_step(self):
-    """Jitted `(state, batch) -> (state, metrics)`; the state's buffers are donated."""
+  def _step(self):
+    """The pure train step `(state, batch, corpus arrays or None) -> (state, metrics)`: the one body
+    that `train_step` (one step per call) and `train_steps` (K steps per call) both compile."""
     train_key = self._keys()[1]
-    corpus_key, corpus_arrays = self._corpus_arrays or (None, None)
+    corpus_key = (self._corpus_arrays or (None, None))[0]
 
     def step(state: TrainState, batch: CascadeBatch, arrays: Any = None):
       dropout_rng, method_rng = jax.random.split(jax.random.fold_in(train_key, state.step))
@@ -247,13 +248,77 @@ class Experiment:
       new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, nonfinite_step=first_bad)
       return new_state, {"loss": loss, "grad_norm": grad_norm, **aux}
 
+    return step
+
+  @functools.cached_property
+  def train_step(self):
+    """Jitted `(state, batch) -> (state, metrics)`; the state's buffers are donated."""
+    corpus_arrays = (self._corpus_arrays or (None, None))[1]
     replicated = mesh_lib.replicated(self.mesh)
-    if corpus_arrays is None:
-      return self._in_mesh(jax.jit(step, in_shardings=(self.state_sharding, self._batch_sharding),
-                                   out_shardings=(self.state_sharding, replicated), donate_argnums=0))
-    jitted = self._in_mesh(jax.jit(step, in_shardings=(self.state_sharding, self._batch_sharding, replicated),
+    jitted = self._in_mesh(jax.jit(self._step, in_shardings=(self.state_sharding, self._batch_sharding, replicated),
                                    out_shardings=(self.state_sharding, replicated), donate_argnums=0))
     return lambda state, batch: jitted(state, batch, corpus_arrays)
+
+  def train_steps(self, k: int):
+    """Jitted `(state, batches, sums) -> (state, sums)`: `k` train steps in one dispatch.
+
+    `batches` holds `k` batches stacked on a new leading axis (`stack_batches`), or, with the
+    training split on device (`device_split`), `[k, B]` row indices into it, gathered on device.
+    `sums` are the running sums of the metrics (`zero_sums()` at the start of a log window), added
+    step by step in the same order as `trainer.accumulate` adds one step's, so K steps per call give
+    bit for bit the parameters and logged means of K calls of `train_step` (tests/test_steps_per_call).
+    """
+    if k not in self._multi_steps:
+      self._multi_steps[k] = self._compile_steps(k)
+    return self._multi_steps[k]
+
+  @functools.cached_property
+  def _multi_steps(self) -> dict[int, Any]:
+    return {}
+
+  def _compile_steps(self, k: int):
+    corpus_arrays = (self._corpus_arrays or (None, None))[1]
+    replicated = mesh_lib.replicated(self.mesh)
+    gather = self.sections.data.on_device
+
+    def steps(state: TrainState, batches: Any, sums: dict[str, jax.Array], split: Any, arrays: Any):
+      def body(carry, batch):
+        state, sums = carry
+        if gather:
+          batch = jax.lax.with_sharding_constraint(split.take(batch), self._batch_sharding)
+        state, metrics = self._step(state, batch, arrays)
+        return (state, jax.tree.map(jnp.add, sums, metrics)), None
+
+      return jax.lax.scan(body, (state, sums), batches, length=k)[0]
+
+    stacked = (NamedSharding(self.mesh, PartitionSpec(None, "data")) if gather else
+               jax.tree.map(lambda _: NamedSharding(self.mesh, PartitionSpec(None, "data")), self._sample()))
+    jitted = self._in_mesh(jax.jit(steps, in_shardings=(self.state_sharding, stacked, replicated, replicated,
+                                                        replicated),
+                                   out_shardings=(self.state_sharding, replicated), donate_argnums=(0, 2)))
+    split = self.device_split if gather else None
+    return lambda state, batches, sums: jitted(state, batches, sums, split, corpus_arrays)
+
+  @functools.cached_property
+  def _metric_shapes(self) -> dict[str, jax.ShapeDtypeStruct]:
+    return jax.eval_shape(self._step, self.abstract_state(), self._sample(),
+                          (self._corpus_arrays or (None, None))[1])[1]
+
+  def zero_sums(self) -> dict[str, jax.Array]:
+    """Zeros shaped like one train step's metrics: the running sums `train_steps` starts a window from."""
+    return jax.device_put(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), self._metric_shapes),
+                          mesh_lib.replicated(self.mesh))
+
+  def stack_batches(self, batches: list[CascadeBatch]) -> CascadeBatch:
+    """This process's rows of `k` global batches, stacked and placed as `train_steps` reads them."""
+    stacked = jax.tree.map(lambda *xs: np.stack(xs), *batches)
+    return mesh_lib.put_batch(stacked, self.mesh, axis=1)
+
+  @functools.cached_property
+  def device_split(self) -> CascadeBatch:
+    """The whole training split on device (replicated), for `config.data.on_device`: a step then
+    moves only its `[B]` row indices from the host."""
+    return jax.device_put(self.data.splits["train"], mesh_lib.replicated(self.mesh))
 
   @functools.cached_property
   def eval_step(self):

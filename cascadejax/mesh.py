@@ -71,13 +71,14 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P("data"))
 
 
-def put_batch(batch: Any, mesh: Mesh) -> Any:
+def put_batch(batch: Any, mesh: Mesh, axis: int = 0) -> Any:
   """Assembles this process's NumPy rows of a global batch into global arrays sharded over `data`.
 
   With one process its rows are the whole batch, and one `jax.device_put` of the pytree moves it
-  (0.63 ms instead of 1.02 ms for a three-stage batch of 1024 requests on a CPU).
+  (0.63 ms instead of 1.02 ms for a three-stage batch of 1024 requests on a CPU). `axis` is the
+  request axis: 1 for `k` batches stacked on a leading axis (`Experiment.stack_batches`).
   """
-  sharding = batch_sharding(mesh)
+  sharding = NamedSharding(mesh, P(*([None] * axis), "data"))
   if jax.process_count() == 1:
     return jax.device_put(batch, sharding)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)

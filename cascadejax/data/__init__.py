@@ -29,15 +29,18 @@ class DataSection(Section):
     seed: the data's seed (simulators and samplers).
     list_size: N, the candidate slots per request.
     valid_fraction: the share of the training requests moved into a "valid" split (`split_valid`).
+    on_device: keep the training split on device and gather each batch there
+      (`Experiment.device_split`): a step moves only its row indices from the host. One process.
   """
 
   KEY = "data"
-  ADDED = ("valid_fraction",)
+  ADDED = ("valid_fraction", "on_device")
   OPEN = True
   name: str
   seed: int
   list_size: int
   valid_fraction: Any = 0.0  # checked by `check_valid_fraction` (a number in [0, 1))
+  on_device: bool = False
 
   def check(self) -> None:
     if self.name not in READERS:
@@ -60,10 +63,12 @@ def check_config(config: ConfigDict, num_stages: int) -> DataSection:
 
 def _reader_config(config: ConfigDict) -> ConfigDict:
   """`config` without the keys the reader never sees (so its cache entry ignores them)."""
-  if "valid_fraction" not in config:
+  dropped = [k for k in ("valid_fraction", "on_device") if k in config]
+  if not dropped:
     return config
   reader_config = ConfigDict(config.to_dict())
-  del reader_config["valid_fraction"]
+  for key in dropped:
+    del reader_config[key]
   return reader_config
 
 

@@ -47,7 +47,7 @@ class EpochOrder:
 
 
 def train_dataset(split: CascadeBatch, *, global_batch_size: int, seed: int, process_index: int = 0,
-                  process_count: int = 1, local_share: bool = False) -> grain.MapDataset:
+                  process_count: int = 1, local_share: bool = False, indices: bool = False) -> grain.MapDataset:
   """Endless shuffled batches of this process's share of each global batch.
 
   Global batch t holds positions `[t * G, (t + 1) * G)` of `EpochOrder(R, seed)`, so every epoch
@@ -61,6 +61,8 @@ def train_dataset(split: CascadeBatch, *, global_batch_size: int, seed: int, pro
       block `process_index` of `process_count`.
     local_share: `split` holds only this process's share of the requests (`CascadeData.process_share`):
       each process draws its G / process_count rows per step from its own epochs over its share.
+    indices: yield each batch's `[G / process_count]` int32 row indices instead of its rows, for a
+      split kept on device (`config.data.on_device`); the iterator's position is the same either way.
   """
   if global_batch_size % process_count:
     raise ValueError(f"config.train.batch_size={global_batch_size} is not divisible by the "
@@ -71,7 +73,8 @@ def train_dataset(split: CascadeBatch, *, global_batch_size: int, seed: int, pro
     first = lambda t: t * local
   else:
     first = lambda t: t * global_batch_size + process_index * local
-  batch = lambda t: split.take(order.rows(first(t), first(t) + local))
+  rows = lambda t: order.rows(first(t), first(t) + local)
+  batch = (lambda t: rows(t).astype(np.int32)) if indices else (lambda t: split.take(rows(t)))
   return grain.MapDataset.range(sys.maxsize).map(batch)
 
 
