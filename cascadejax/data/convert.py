@@ -16,7 +16,7 @@ from typing import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cascadejax import data as data_lib
+from cascadejax import data as data_lib, overrides
 from cascadejax.sections import plain
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (a Python file with get_config()).",
@@ -44,4 +44,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=overrides.parse_flags)
