@@ -24,7 +24,7 @@ from cascadejax.embedding.collection import EmbeddingSection
 from cascadejax import models
 from cascadejax.mesh import MeshSection
 from cascadejax.multitask import MultitaskSection
-from cascadejax.methods import CascadeMethod, get_method
+from cascadejax.methods import METHODS, CascadeMethod, get_method
 from cascadejax.optimizer import OptimizerSection
 from cascadejax.rerank import RerankSection
 from cascadejax import faults, files
@@ -215,10 +215,25 @@ def load(workdir: str) -> ConfigDict:
 ADDED_KEYS = {k: v for section in SECTIONS for k, v in section.added_keys().items()}
 
 
+def comparable(config: ConfigDict | dict) -> dict[str, Any]:
+  """`config` flattened as runs are compared: `ADDED_KEYS` missing from it at their listed value, and
+  of `config.method` only the name and the run's own method's options, defaults filled in (the
+  options of the other methods do not change the run, and an option added to a method later holds
+  its default, which computes what the method did before it existed)."""
+  flat = {**ADDED_KEYS, **flatten(config)}
+  name = flat.get("method.name")
+  if name not in METHODS:
+    return flat
+  options = {**METHODS[name].defaults, **{k[len(f"method.{name}."):]: v for k, v in flat.items()
+                                          if k.startswith(f"method.{name}.")}}
+  flat = {k: v for k, v in flat.items() if not k.startswith("method.") or k == "method.name"}
+  return {**flat, **{f"method.{name}.{k}": plain(v) for k, v in options.items()}}
+
+
 def differing_keys(saved: ConfigDict | dict, current: ConfigDict | dict) -> list[str]:
-  """Sorted flattened keys whose values differ between a saved and a current config (`ADDED_KEYS`
-  missing from either count as their listed value: config files need not spell them out either)."""
-  a, b = {**ADDED_KEYS, **flatten(saved)}, {**ADDED_KEYS, **flatten(current)}
+  """Sorted flattened keys whose values differ between a saved and a current config (`comparable`:
+  added keys at their defaults, only the run's own method's options)."""
+  a, b = comparable(saved), comparable(current)
   return sorted(k for k in set(a) | set(b) if a.get(k, "<missing>") != b.get(k, "<missing>"))
 
 
@@ -231,7 +246,7 @@ def check_resumable(saved: ConfigDict, current: ConfigDict, workdir: str) -> lis
   Raises:
     ValueError: listing every other differing key, since resuming would mix two experiments.
   """
-  a, b = {**ADDED_KEYS, **flatten(saved)}, {**ADDED_KEYS, **flatten(current)}
+  a, b = comparable(saved), comparable(current)
   changed = differing_keys(saved, current)
   bad = [k for k in changed if k not in RESUMABLE_CHANGES]
   if bad:

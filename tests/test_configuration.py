@@ -140,3 +140,21 @@ def test_a_run_saved_before_an_added_key_resumes_only_with_its_old_value(tmp_pat
   current.embedding.sharded = True  # a behaviour the old run never had
   with pytest.raises(ValueError, match=r"config.embedding.sharded: False in the workdir, True now"):
     configuration.check_resumable(configuration.load(str(tmp_path)), current, str(tmp_path))
+
+
+def test_runs_compare_only_their_own_methods_options_with_defaults_filled():
+  """A run saved before an option was added to its method, or before another method's section
+  existed, is the same run; a changed option of its own method is not."""
+  saved = tiny_config()
+  saved.method.name = "lcron"
+  saved.method.lcron = ConfigDict({"temperature": 50.0})  # saved before topk_method existed: its default
+  current = tiny_config()
+  current.method.name = "lcron"
+  current.method.lcron = ConfigDict({"temperature": 50.0, "topk_method": "neural_sort"})
+  current.method.dftopk = ConfigDict({"topk_method": "lapsum"})  # another method's options
+  assert configuration.differing_keys(saved, current) == []
+  current.method.lcron.topk_method = "dftopk"
+  assert configuration.differing_keys(saved, current) == ["method.lcron.topk_method"]
+  current.method.lcron.topk_method = "neural_sort"
+  current.method.name = "bce"
+  assert "method.name" in configuration.differing_keys(saved, current)
