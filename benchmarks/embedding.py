@@ -1,8 +1,25 @@
-"""Sharded embedding table: lookup and lookup+update throughput and memory, sparse vs dense, by device count.
+"""Embedding lookups and row updates: bytes/s against the copy ceiling, and sparse vs dense by device count.
 
+  python benchmarks/embedding.py --bandwidth [--ids N] [--table-rows V] [--dim 128] [--bag-bw 20]
+                                 [--rounds 5] [--only SUBSTRINGS]
   python benchmarks/embedding.py [--rows 2000000] [--dim 64] [--batch 4096] [--bag 32]
                                  [--devices 1,2,4,8] [--routings gather,all_to_all,all_to_all:2] [--iters 5]
                                  [--platform cpu|cuda|tpu] [--peak-gbps GB/s]
+
+--bandwidth (issue 23): one process on the default device (CPU here, the GPU where there is one:
+the same command). Sizes come from the device: 1M ids (8M on an accelerator, halved until Adam's
+working set fits 60% of its memory) x dim 128 float32, a table of twice as many rows, uniform ids.
+Each path is jitted and timed round-robin with the ceiling (`--rounds`; the medians are printed and
+the fraction is the median of each round's ratio to that round's ceiling). The ceiling is the
+faster of two copies of a 256 MiB (1 GiB) float32 array, `x + 1` into a fresh output and `y + 1`
+donated (in place); both are printed. Bytes are what the operation must move at least, each byte
+once: a gather of B ids reads the ids (4 B) and B rows (B D 4) and writes B rows; a pooled lookup
+of bags reads the ids and their rows and writes one row per bag; a row update reads the ids and
+their gradients (B D 4) and reads and writes each distinct row (U of them, counted) of the table
+and of every optimizer-state array (Adagrad 1, Adam 2). Paths: the plain-jnp floors (`table[ids]`,
+`jnp.take`, `.sum(1)`, `segment_sum`, `.at[].add`) and the library's (`cascadejax.embedding`:
+`sharded.lookup` with no mesh and with a one-device mesh as a training step runs it, `pool`,
+`masked_mean`, `owner_row_grads` and `update_rows` as `RowSparseUpdate` runs them).
 
 Workload: a `[rows, dim]` float32 table; each step looks up `batch` bags of `bag` ids (uniform over
 the table, so few repeat: the worst case for deduplication), mean-pools each bag, and takes the
@@ -23,7 +40,7 @@ state donated, timed (median of --iters) after warm-up steps. Columns: ms per lo
 state and runtime) and XLA's temporary buffers of the step. Forced CPU devices share this machine's
 cores, so the device columns show the cost of the routing, not a speed-up.
 
-Bandwidth: `lookup GB/s` is the bytes of the rows a lookup gathers (batch x bag x dim x 4) over
+Without --bandwidth: `lookup GB/s` is the bytes of the rows a lookup gathers (batch x bag x dim x 4) over
 its time. On an accelerator (`--platform cuda` or `tpu`: real devices, so `--devices` must not
 exceed the machine's), `--peak-gbps` (the device's memory bandwidth from its data sheet, e.g. 3350
 for an H100 SXM) adds that figure as a fraction of the peak.
@@ -137,7 +154,7 @@ def main() -> None:
   """Runs every case in its own subprocess and prints the table (and one JSON line per case)."""
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--rows", type=int, default=2_000_000)
-  p.add_argument("--dim", type=int, default=64)
+  p.add_argument("--dim", type=int, default=None, help="default 64, or 128 with --bandwidth")
   p.add_argument("--batch", type=int, default=4096)
   p.add_argument("--bag", type=int, default=32, help="ids per request (mean-pooled)")
   p.add_argument("--devices", default="1,2,4,8")
@@ -145,8 +162,21 @@ def main() -> None:
   p.add_argument("--iters", type=int, default=5)
   p.add_argument("--platform", default="cpu", help="cpu (forced devices) or an accelerator: cuda, tpu")
   p.add_argument("--peak-gbps", type=float, default=0.0, help="device memory bandwidth, to report lookup GB/s against")
+  p.add_argument("--bandwidth", action="store_true", help="the bandwidth table (module docstring) instead")
+  p.add_argument("--ids", type=int, default=0, help="--bandwidth: ids per lookup (0: from the device)")
+  p.add_argument("--table-rows", type=int, default=0, help="--bandwidth: table rows (0: twice the ids)")
+  p.add_argument("--bag-bw", type=int, default=20, help="--bandwidth: ids per pooled bag")
+  p.add_argument("--rounds", type=int, default=5, help="--bandwidth: timed rounds over every case")
+  p.add_argument("--only", default="", help="--bandwidth: comma-separated substrings of the paths to run")
   p.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: kind,devices,routing
   a = p.parse_args()
+  if a.bandwidth:
+    from benchmarks.embedding_bandwidth import bandwidth  # noqa: PLC0415
+
+    a.dim = a.dim or 128
+    bandwidth(a)
+    return
+  a.dim = a.dim or 64
   if a.case:
     kind, devices, routing = a.case.split(",")
     print(json.dumps(run_case(kind, int(devices), routing, a)), flush=True)

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from cascadejax import configuration
-from cascadejax.embedding import sharded as se
+from cascadejax.embedding import routing, sharded as se
 from cascadejax.data.schema import FeatureSpec
 from cascadejax.embedding.collection import EmbeddingCollection
 from cascadejax.embedding.row_rules import RowRule
@@ -122,3 +122,30 @@ def test_default_config_is_not_sharded_and_validates():
   c.embedding.sharded = True  # shard_axes ("model",) is not an axis of the default ("data",) mesh
   with pytest.raises(ValueError, match="config.embedding.shard_axes"):
     configuration.validate(c)
+
+
+# ---- deduplication and the blocked row update (the fast paths equal the plain ones) ----
+@pytest.mark.parametrize("slots,fill", [(40, 9), (40, 100), (6, 1000), (1, 0)])  # mark, mark, sort, mark
+def test_dedup_equals_unique_and_segment_sum(slots, fill):
+  rng = np.random.default_rng(slots + fill)
+  local = jnp.asarray(rng.integers(0, fill + 1, slots), jnp.int32)  # fill = "not a row", repeated too
+  g = jnp.asarray(rng.normal(size=(slots, 3)), jnp.float32)
+  u, sums = jax.jit(routing.dedup, static_argnums=2)(local, g, fill)
+  want_u, inv = jnp.unique(local, size=slots, fill_value=fill, return_inverse=True)
+  np.testing.assert_array_equal(u, want_u)
+  np.testing.assert_array_equal(sums, jax.ops.segment_sum(g, inv.reshape(-1), num_segments=slots))
+
+
+def test_blocked_row_update_equals_one_pass(monkeypatch):
+  rng = np.random.default_rng(3)
+  table = jnp.asarray(rng.normal(size=(12, 2)), jnp.float32)
+  rule = RowRule("adam")
+  state = {"mu": table * 0.1, "nu": jnp.abs(table)}
+  index = jnp.asarray(rng.permutation(12)[:10], jnp.int32).at[7:].set(12)  # 7 rows, 3 empty slots
+  grads = se.RowGrads(index, jnp.asarray(rng.normal(size=(10, 2)), jnp.float32), jnp.int32(0), local=True)
+  scalars = (jnp.float32(-0.1), jnp.int32(2))
+  want = se._apply_rule(rule, table, state, index, grads.grads, *scalars)
+  monkeypatch.setattr(se, "UPDATE_BLOCK_BYTES", 3 * 2 * 4)  # blocks of 3 slots: 3 blocks and a remainder
+  got = jax.jit(lambda t, s: se.update_rows(t, s, grads, rule, se.TableSharding(), *scalars))(table, state)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+  assert not np.array_equal(got[0], table)

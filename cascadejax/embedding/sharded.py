@@ -8,7 +8,7 @@ routing each device's ids to their owners and the rows back (`cascadejax.embeddi
 all-gather + psum, or all-to-all). Its `custom_vjp` backward never forms a dense `[V, D]` gradient
 on the way: it routes per-id gradients to the owners. With `tap=`, the per-id gradients come out
 as the tap's cotangent, `owner_row_grads` routes them to their owners and sums duplicates there
-(fixed-size `jnp.unique` + `segment_sum`), and `update_rows` applies a row-wise rule
+(`routing.dedup`: fixed-size, sort-free + `segment_sum`), and `update_rows` applies a row-wise rule
 (`cascadejax.embedding.row_rules`) to exactly those rows. `pool` sums or averages multi-valued features
 (e.g. history sequences).
 
@@ -125,18 +125,51 @@ def owner_row_grads(ids: jax.Array, tap_grads: jax.Array, sharding: TableShardin
   return RowGrads(*routing.smap(body, (data_spec, data_spec), (rows_spec, rows_spec, P()))(flat_ids, flat_grads))
 
 
+# Bytes of slots one block of `update_rows` handles on CPU (about 2 MiB of gathered rows per array).
+UPDATE_BLOCK_BYTES = 1 << 21
+
+
+def _apply_rule(rule: Callable, shard: jax.Array, st: Any, index: jax.Array, g: jax.Array,
+                *scalars: jax.Array) -> tuple[jax.Array, Any]:
+  """`rule` on the rows `index` of `shard` and `st`, written back in place (index >= rows: no row)."""
+  take = lambda x: jnp.take(x, index, axis=0, mode="clip")
+  rows, row_state = rule(take(shard), jax.tree.map(take, st), g, *scalars)
+  put = lambda x, new: x.at[index].set(new, mode="drop")
+  return put(shard, rows), jax.tree.map(put, st, row_state)
+
+
+def _blocked_rule(rule: Callable, shard: jax.Array, st: Any, index: jax.Array, g: jax.Array,
+                  *scalars: jax.Array) -> tuple[jax.Array, Any]:
+  """`_apply_rule` over blocks of slots in turn (the rows are distinct, so the order is immaterial).
+
+  On XLA's CPU backend this keeps each block's gathered rows, new rows and state in cache and the
+  step's temporary buffers small (large ones are freshly mapped, and page-faulted, on every call):
+  2-3x faster than all slots at once at 1M slots of 128 floats.
+  """
+  block = max(1, UPDATE_BLOCK_BYTES // (4 * g.shape[-1]))
+  n = index.shape[0] // block
+  if n <= 1:
+    return _apply_rule(rule, shard, st, index, g, *scalars)
+
+  def body(k, carry):
+    part = lambda x: jax.lax.dynamic_slice_in_dim(x, k * block, block)
+    return _apply_rule(rule, *carry, part(index), part(g), *scalars)
+
+  shard, st = jax.lax.fori_loop(0, n, body, (shard, st))
+  return _apply_rule(rule, shard, st, index[n * block:], g[n * block:], *scalars)
+
+
 def update_rows(table: jax.Array, state: Any, grads: RowGrads, rule: Callable, sharding: TableSharding,
                 *scalars: jax.Array) -> tuple[jax.Array, Any]:
   """Applies `rule(rows, row_state, row_grads, *scalars) -> (rows, row_state)` to the listed rows only.
 
   `state` is a pytree of `[K R, D]` arrays laid out like `table`; rows not in `grads` keep their
-  parameters and state bit for bit.
+  parameters and state bit for bit. On CPU the slots are updated a block at a time (`_blocked_rule`).
   """
   def body(shard, st, index, g, *scalars):
-    take = lambda x: jnp.take(x, index, axis=0, mode="clip")
-    rows, row_state = rule(take(shard), jax.tree.map(take, st), g, *scalars)
-    put = lambda x, new: x.at[index].set(new, mode="drop")
-    return put(shard, rows), jax.tree.map(put, st, row_state)
+    args = (shard, st, index, g, *scalars)
+    return jax.lax.platform_dependent(*args, cpu=lambda *a: _blocked_rule(rule, *a),
+                                      default=lambda *a: _apply_rule(rule, *a))
 
   if grads.local:
     return body(table, state, grads.index, grads.grads, *scalars)
