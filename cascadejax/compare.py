@@ -46,7 +46,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 
-from cascadejax import configuration, trainer, tuning, workdir as workdir_lib, workdir_lock
+from cascadejax import configuration, overrides, trainer, tuning, workdir as workdir_lib, workdir_lock
 
 WALL_FILE = "compare_wall_s.json"
 DIVERGED_FILE = "compare_diverged.json"
@@ -307,4 +307,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=overrides.parse_flags)
