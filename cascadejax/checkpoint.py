@@ -65,6 +65,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every, create=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
     self._checked: dict[int, tuple[str, str]] = {}  # step -> `verify_step` result
+    self._warned: set[int] = set()  # unverified steps already named in a warning
     self._hashing: threading.Thread | None = None
     self._hash_error: BaseException | None = None
 
@@ -157,17 +158,17 @@ class Checkpointer:
     file. If no step has checksums (a directory written before they existed), the newest step
     (unverified, with a warning); None if there is no usable step."""
     steps = self.steps()
+    if steps and all(self.check(s)[0] == "unverified" for s in steps):
+      logging.warning("no checkpoint in %s has checksums (written before they existed, or cut off before "
+                      "them): restoring step %d unverified", self.directory, steps[0])
+      self._warned.add(steps[0])
+      return steps[0]
     for step in steps:
       status, detail = self.check(step)
       if status == "ok":
         return step
       logging.warning("checkpoint step %d in %s is %s (%s): it is not restored; trying the previous step",
                       step, self.directory, status, detail)
-    unverified = [s for s in steps if self.check(s)[0] == "unverified"]
-    if unverified and all(self.check(s)[0] == "unverified" for s in steps):
-      logging.warning("no checkpoint in %s has checksums (written before they existed): restoring step %d "
-                      "unverified", self.directory, unverified[0])
-      return unverified[0]
     return None
 
   def set_aside(self, newer_than: int) -> list[str]:
@@ -221,16 +222,16 @@ class Checkpointer:
       FileNotFoundError: if there is no checkpoint, or none intact.
       ValueError: naming the step and the file, if `step` fails verification.
     """
-    if step is None:
-      step = self.intact_step()
-      if step is None:
-        raise FileNotFoundError(f"no intact checkpoint in {self.directory} "
-                                f"(steps {self.steps()}; python -m cascadejax.evaluate --verify says why)")
-    status, detail = self.check(step)
+    chosen = self.intact_step() if step is None else step
+    if chosen is None:
+      raise FileNotFoundError(f"no intact checkpoint in {self.directory} "
+                              f"(steps {self.steps()}; python -m cascadejax.evaluate --verify says why)")
+    step, (status, detail) = chosen, self.check(chosen)
     if status == "damaged":
       raise ValueError(f"checkpoint step {step} in {self.directory} is damaged ({detail}); restore another "
                        f"step (python -m cascadejax.evaluate --verify lists them)")
-    if status == "unverified":
+    if status == "unverified" and step not in self._warned:
+      self._warned.add(step)
       logging.warning("checkpoint step %d in %s is unverified (%s)", step, self.directory, detail)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     data = os.path.join(self.directory, str(step), "data")

@@ -55,9 +55,13 @@ class MetricWriter:
     record = {"step": int(step), **fields, **{k: float(v) for k, v in scalars.items()}}
     if self.enabled:
       line = json.dumps(record) + "\n"
-      with open(self.path, "a") as f:
-        faults.point("metrics_write", int(step), before=lambda: (f.write(line[: len(line) // 2]), f.flush()))
-        f.write(line)
+      try:
+        with open(self.path, "a") as f:
+          faults.point("metrics_write", int(step), before=lambda: (f.write(line[: len(line) // 2]), f.flush()))
+          f.write(line)
+      except OSError as err:
+        raise OSError(err.errno, f"appending the step-{int(step)} report to {self.path} failed: {err.strerror}; "
+                      "the reports before it are kept (free space and run the same command again)") from err
       prefix = f"{fields['split']}/" if "split" in fields else ""
       for k, v in scalars.items():
         self._tb.add_scalar(prefix + _tag(k), float(v), int(step))

@@ -2,6 +2,7 @@
 
 import json
 import pathlib
+import re
 import shutil
 
 import jax
@@ -37,3 +38,16 @@ def test_a_pre_issue19_checkpoint_restores_evaluates_and_resumes(tmp_path, name)
   config.train.steps = 6  # resume past the old checkpoint
   report = trainer.train_and_evaluate(config, str(workdir))
   assert report["step"] == 6 and np.isfinite(report["recall_e2e"])
+
+
+def test_a_pre_checksums_checkpoint_of_another_config_fails_in_one_line(tmp_path, caplog):
+  shutil.copytree(FIXTURES / "dense", tmp_path / "dense")
+  config = configuration.load(str(tmp_path / "dense"))
+  config.embedding.dim *= 2
+  checkpointer = Checkpointer(str(tmp_path / "dense" / "checkpoints"))
+  with pytest.raises(ValueError) as err:
+    Experiment.build(config).restore(checkpointer)
+  assert re.match(rf"checkpoint step 4 in {tmp_path / 'dense' / 'checkpoints'} does not fit this config's arrays "
+                  r"\(Requested shape: \(\d+, 8\) is not compatible with the stored shape: \(\d+, 4\)", str(err.value))
+  assert len(str(err.value).splitlines()) == 1
+  assert caplog.text.count("unverified") == 1  # one warning: it predates checksums

@@ -290,3 +290,37 @@ def test_a_non_finite_loss_just_after_a_restore_says_the_restored_step_may_be_da
   stub.restored_step = 2  # longer ago than checkpoint_every: the usual advice
   with pytest.raises(trainer.NonFiniteLossError, match=r"The last good checkpoint \(step 4\) is kept"):
     trainer._check_finite(state, stub)
+
+
+def test_a_step_whose_checksums_were_never_written_is_not_restored(tmp_path, monkeypatch, caplog):
+  directory, state = tmp_path / "checkpoints", {"w": jnp.arange(4.0)}
+  saver = Checkpointer(str(directory))
+  saver.save(1, state)
+  saver.wait()
+  _kill_at(monkeypatch, "before_checksums:2")  # dies after orbax finished step 2, before its checksums
+  saver.save(2, state)
+  with pytest.raises(_Killed):
+    saver.wait()
+  with caplog.at_level(logging.WARNING):
+    assert Checkpointer(str(directory)).intact_step() == 1
+  assert f"checkpoint step 2 in {directory} is unverified (no checksums.json" in caplog.text
+
+
+def test_a_full_disk_inside_the_config_write_leaves_the_old_config(reference, tmp_path, monkeypatch):
+  path = _copy(reference, tmp_path)
+  before = (path / "config.json").read_text()
+  monkeypatch.setenv(faults.ENV, "config_write::enospc")
+  changed = fault_cases.config()
+  changed.train.steps = 8  # a resumable change: the file is replaced
+  with pytest.raises(OSError, match=r"No space left on device \(injected by CASCADEJAX_FAULT at config_write\)"):
+    configuration.save(changed, str(path))
+  assert (path / "config.json").read_text() == before and not (path / "config.json.tmp").exists()
+
+
+def test_a_full_disk_inside_a_metrics_append_names_the_file(tmp_path, monkeypatch):
+  writer = metric_writer.MetricWriter(str(tmp_path))
+  writer.write(2, {"loss": 1.0}, split="train")
+  monkeypatch.setenv(faults.ENV, "metrics_write:4:enospc")
+  with pytest.raises(OSError, match=rf"appending the step-4 report to {tmp_path / 'metrics.jsonl'} failed: No space"):
+    writer.write(4, {"loss": 1.0}, split="train")
+  writer.close()
