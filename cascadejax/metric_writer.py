@@ -24,9 +24,11 @@ class MetricWriter:
 
   Args:
     workdir: the run's directory.
-    resume_step: when resuming from a checkpoint at this step, reports of later steps (written by the
-      interrupted run after its last checkpoint) are dropped from both logs so they are not doubled
-      (TensorBoard: the new event file purges later steps of the old ones, `purge_step`).
+    resume_step: the step training starts from (a restored checkpoint's, or 0 for a start from
+      scratch): reports of later steps (written by an interrupted run after its last checkpoint, or
+      before its first) are dropped from both logs so they are not doubled (TensorBoard: the new
+      event file purges later steps of the old ones, `purge_step`). None (`cascadejax.evaluate`)
+      keeps every report.
     enabled: False on every process but the first of a multi-host run.
     test_days: the days the final evaluation tests (`config.data.test_days`, for readers with days):
       on resume, final reports of other test days are kept, so a run moved forward day by day keeps

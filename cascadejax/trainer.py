@@ -179,7 +179,8 @@ def _train_and_evaluate(config: ConfigDict, workdir: str, *, mesh: Mesh | None =
                  ", ".join(k for k in changed if k in configuration.NEW_DATA_KEYS), start)
   if is_main:
     configuration.save(config, workdir)
-  writer = MetricWriter(workdir, resume_step=start if resumed else None, enabled=is_main, test_days=test_days)
+  # From the restored step, or from 0: a run killed before its first checkpoint left reports that are redone
+  writer = MetricWriter(workdir, resume_step=start, enabled=is_main, test_days=test_days)
 
   # ---- loop ----
   faults.point("before_compile", start)

@@ -63,12 +63,12 @@ def _run(workdir_, fault=None, cache=None):
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
-  """One workdir killed inside the config write, inside a metrics append, inside a checkpoint save and
-  during the final evaluation, each time started again; then run to the end. Returns the workdir and
-  what was seen after each kill."""
+  """One workdir killed inside the config write, inside the first checkpoint save (after the step-2
+  report), inside the step-4 report's append and during the final evaluation, each time started
+  again; then run to the end. Returns the workdir and what was seen after each kill."""
   tmp = tmp_path_factory.mktemp("chain")
   path, cache, seen = tmp / "w", tmp / "xla_cache", {}
-  for fault in ("config_write", "metrics_write:2", "inside_save:4", "final_eval"):
+  for fault in ("config_write", "inside_save:2", "metrics_write:4", "final_eval"):
     done = _run(path, fault, cache)
     assert done.returncode == -signal.SIGKILL, (fault, done.stderr[-3000:])
     seen[fault] = {"stderr": done.stderr, "files": sorted(os.listdir(path)),
@@ -98,16 +98,49 @@ def test_a_kill_inside_the_config_write_leaves_no_half_config(chain):
 
 def test_a_kill_inside_a_metrics_append_is_repaired_with_a_warning_naming_the_file(chain):
   path, seen = chain
-  text = seen["metrics_write:2"]["metrics"]
-  assert text and not text.endswith("\n")  # the kill left half a line
-  assert f"{path / 'metrics.jsonl'}: its last line" in seen["inside_save:4"]["stderr"]
+  text = seen["metrics_write:4"]["metrics"]
+  assert text and not text.endswith("\n") and '"step": 4' not in text.rpartition("\n")[0]  # half a line
+  assert f"{path / 'metrics.jsonl'}: its last line" in seen["final_eval"]["stderr"]
 
 
-def test_a_kill_inside_a_save_keeps_the_previous_step(chain):
+def test_a_kill_inside_the_first_save_starts_over_without_doubling_its_reports(chain):
   _, seen = chain
-  steps = {s: status for s, status, _ in seen["inside_save:4"]["steps"]}
-  assert steps.get(4) != "ok" and 2 in steps
-  assert "resumed from step" not in seen["config_write"]["stderr"]
+  assert '"step": 2' in seen["inside_save:2"]["metrics"]  # the report written before the save
+  assert ("ok" not in {status for s, status, _ in seen["inside_save:2"]["steps"] if s == 2})
+  assert "resumed from step" not in seen["metrics_write:4"]["stderr"]  # nothing intact: it started over
+  # (the final comparison with the uninterrupted run shows the step-2 report is not doubled)
+
+
+def _scalars(directory):
+  """{(tag, step): value} of a TensorBoard directory as TensorBoard shows it: files in the order they
+  were started, a `SessionLog.START` at step p hiding the earlier files' events at steps >= p."""
+  from tensorboardX.proto import event_pb2
+  runs = []
+  for name in os.listdir(directory):
+    data, events, at = (directory / name).read_bytes(), [], 0
+    while at < len(data):
+      (length,) = np.frombuffer(data[at:at + 8], "<u8")
+      events.append(event_pb2.Event.FromString(data[at + 12:at + 12 + int(length)]))
+      at += 12 + int(length) + 4
+    runs.append(events)
+  shown, counts = {}, {}
+  for events in sorted(runs, key=lambda e: e[0].wall_time):
+    for e in events:
+      if e.HasField("session_log") and e.session_log.status == e.session_log.START:
+        shown = {k: v for k, v in shown.items() if k[1] < e.step}
+      for value in e.summary.value:
+        counts[value.tag, e.step] = counts.get((value.tag, e.step), 0) + 1
+        shown[value.tag, e.step] = value.simple_value
+  return shown, counts
+
+
+def test_tensorboard_shows_every_step_once_with_the_uninterrupted_values(reference, chain):
+  path, _ = chain
+  shown, _ = _scalars(path / "tensorboard")
+  expected, counts = _scalars(reference / "tensorboard")
+  assert set(counts.values()) == {1}
+  drop = lambda d: {k: v for k, v in d.items() if "requests_per_s" not in k[0]}
+  assert drop(shown) == drop(expected)
 
 
 def test_a_second_start_fails_at_once_naming_the_holder_and_the_lock_dies_with_it(tmp_path):
