@@ -54,6 +54,24 @@ def config() -> ConfigDict:
   return tiny_config()
 
 
+@pytest.fixture
+def initial_params(monkeypatch) -> list:
+  """A list that receives a host copy of the parameters from each `Experiment.init_state` call. The call
+  is wrapped, not replaced, so a test reads a run's real starting point without compiling a second
+  init. The copy is taken because the first train step takes over (donates) the state's buffers."""
+  import jax
+  from cascadejax.experiment import Experiment
+  seen, init = [], Experiment.init_state
+
+  def spy(self):
+    state = init(self)
+    seen.append(jax.device_get(state.params))
+    return state
+
+  monkeypatch.setattr(Experiment, "init_state", spy)
+  return seen
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -245,7 +245,7 @@ def test_bad_options_name_the_config_key(name, options, message):
 
 # Each method at one depth: the two share every code path but L_relax (suite time).
 @pytest.mark.parametrize("name,num_stages", [("arf", 2), ("arf_v2", 3)])
-def test_trains_under_jit(name, num_stages, tmp_path):
+def test_trains_under_jit(name, num_stages, tmp_path, initial_params):
   c = tiny_config(num_stages)
   c.method.name = name
   c.train.steps, c.train.log_every, c.train.eval_every, c.train.checkpoint_every = 6, 1, 0, 6
@@ -256,8 +256,9 @@ def test_trains_under_jit(name, num_stages, tmp_path):
   stages = NAMES[:num_stages]
   logged = {f"{t}{n}" for t in ("loss/relax_", "loss/global_", "weight/", "soft_recall/") for n in stages}
   assert logged <= set(train[0])
+  assert len(initial_params) == 1  # the run's own initial parameters (no second init to compile)
   exp, state = restore(str(tmp_path))
-  start = exp.init_state().params
+  start = initial_params[0]
   for n in NAMES[:num_stages]:  # every stage's model learned something
     moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
                          state.params["cascade"][f"stage_{n}"], start["cascade"][f"stage_{n}"])

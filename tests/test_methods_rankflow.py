@@ -201,7 +201,7 @@ def test_bad_options_name_the_config_key(options, message):
 
 
 @pytest.mark.parametrize("num_stages", [2, 3])
-def test_trains_under_jit(num_stages, tmp_path):
+def test_trains_under_jit(num_stages, tmp_path, initial_params):
   c = tiny_config(num_stages)
   c.method.name = "rankflow"
   c.train.steps, c.train.log_every, c.train.eval_every, c.train.checkpoint_every = 6, 1, 0, 6
@@ -211,8 +211,9 @@ def test_trains_under_jit(num_stages, tmp_path):
   assert len(train) == 6 and all(np.isfinite(r["loss"]) for r in train)
   first_stages = NAMES[:num_stages - 1]
   assert {f"loss/{t}_{n}" for t in ("self", "distill", "pair") for n in first_stages} <= set(train[0])
+  assert len(initial_params) == 1  # the run's own initial parameters (no second init to compile)
   exp, state = restore(str(tmp_path))
-  start = exp.init_state().params
+  start = initial_params[0]
   for n in NAMES[:num_stages]:  # every stage's model learned something
     moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
                          state.params["cascade"][f"stage_{n}"], start["cascade"][f"stage_{n}"])
