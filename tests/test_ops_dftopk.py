@@ -28,11 +28,12 @@ def test_float64_jacobian_matches_finite_differences_of_the_brute_force(method, 
   s, where = _lists(1)
   tau = 0.7
   with jax.enable_x64(True):
+    fn = lambda v, w: soft_topk(v, k, where=w, method=method, temperature=tau)
+    jacobian, forward = jax.jit(jax.jacobian(fn)), jax.jit(fn)  # one compile for every list (suite time)
     for b in range(s.shape[0]):
       x, w = jnp.asarray(s[b], jnp.float64), jnp.asarray(where[b])
-      fn = lambda v: soft_topk(v, k, where=w, method=method, temperature=tau)
-      jac = np.asarray(jax.jacobian(fn)(x))
-      value = np.asarray(fn(x))
+      jac = np.asarray(jacobian(x, w))
+      value = np.asarray(forward(x, w))
       assert jac.dtype == np.float64 and value.dtype == np.float64
       idx = np.flatnonzero(where[b])
       np.testing.assert_allclose(value[idx], BRUTE[method](s[b, idx], k, tau), atol=1e-10)
@@ -48,9 +49,10 @@ def test_float64_jacobian_matches_finite_differences_of_the_brute_force(method, 
 def test_dftopk_gradient_goes_through_the_threshold_unless_held():
   x = jnp.array([3.0, 1.0, 2.0, -1.0, 0.5])  # k = 2: boundary items 2 (x = 2) and 1 (x = 1)
   tau = 0.5
-  full = np.asarray(jax.jacobian(lambda v: dftopk(v, 2, temperature=tau))(x))
-  held = np.asarray(jax.jacobian(lambda v: dftopk(v, 2, temperature=tau, threshold_grad=False))(x))
-  p = np.asarray(dftopk(x, 2, temperature=tau))
+  # Jitted: one compile each instead of an eager dispatch per operation (suite time).
+  full = np.asarray(jax.jit(jax.jacobian(lambda v: dftopk(v, 2, temperature=tau)))(x))
+  held = np.asarray(jax.jit(jax.jacobian(lambda v: dftopk(v, 2, temperature=tau, threshold_grad=False)))(x))
+  p = np.asarray(jax.jit(lambda v: dftopk(v, 2, temperature=tau))(x))
   slope = p * (1 - p) / tau
   dtheta = np.array([0, 0.5, 0.5, 0, 0])  # theta = (x_2 + x_1) / 2 here
   np.testing.assert_allclose(full, slope[:, None] * (np.eye(5) - dtheta[None, :]), rtol=1e-5, atol=1e-7)
