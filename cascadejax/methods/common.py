@@ -47,6 +47,25 @@ def label_permutation(labels: jax.Array, *, where: jax.Array) -> jax.Array:
   return jnp.where(inside, 1.0 / jnp.maximum(size, 1)[..., None, :], 0.0).astype(jnp.float32)
 
 
+def _sorted_label_ties(labels: jax.Array, *, where: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`label_ties` by one sort and two binary searches per list: O(n log n) time, O(n) memory.
+
+  With the m valid labels sorted ascending (padding placed after them as +inf), the number of
+  valid labels <= l (< l) is the right (left) insertion point of l, capped at m: start = m - #(<= l)
+  and size = #(<= l) - #(< l), 0 on padding.
+  """
+  shape = labels.shape
+  flat, valid = labels.reshape(-1, shape[-1]), where.reshape(-1, shape[-1])
+  m = valid.sum(-1, keepdims=True, dtype=jnp.int32)
+  ordered = jnp.sort(jnp.where(valid, flat, jnp.inf), axis=-1)
+  search = jax.vmap(lambda row, x, side: jnp.searchsorted(row, x, side=side).astype(jnp.int32),
+                    in_axes=(0, 0, None))
+  at_most = jnp.minimum(search(ordered, flat, "right"), m)
+  below = jnp.minimum(search(ordered, flat, "left"), m)
+  size = jnp.where(valid, at_most - below, 0)
+  return (m - at_most).reshape(shape), size.reshape(shape)
+
+
 def label_split(labels: jax.Array, k: int, *, where: jax.Array, count_ties: bool) -> tuple[jax.Array, jax.Array]:
   """How much of each item lies in the first k rows of `label_permutation`, and how much below.
 
@@ -54,7 +73,8 @@ def label_split(labels: jax.Array, k: int, *, where: jax.Array, count_ties: bool
   item among the top k labels, (0, 1) for one below, fractions for a tied block that straddles
   rank k. With `count_ties=True`, the same sums of the thresholded matrix 1[P > 0] (as the LCRON
   authors' three-stage code thresholds it): the number of the block's ranks on each side, so a
-  negative tied with m - 1 others weighs m.
+  negative tied with m - 1 others weighs m. One sort per list (`_sorted_label_ties`): O(n log n)
+  time and O(n) memory, the same values as the pairwise comparisons of `label_ties`.
 
   Args:
     labels: `[..., n]` graded labels.
@@ -65,7 +85,7 @@ def label_split(labels: jax.Array, k: int, *, where: jax.Array, count_ties: bool
   Returns:
     `(y_top, y_rest)`, each `[..., n]` float32, 0 on padding.
   """
-  start, size = label_ties(labels, where=where)
+  start, size = _sorted_label_ties(labels, where=where)
   top = jnp.clip(k - start, 0, size)
   top, rest = top.astype(jnp.float32), (size - top).astype(jnp.float32)
   if count_ties:
