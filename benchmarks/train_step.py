@@ -1,14 +1,15 @@
 """Train-step and evaluation throughput (requests/s) of a cascade config, side by side in one run.
 
-  python benchmarks/train_step.py [--config configs/default.py] [--batch 1024] [--iters 32]
+  python benchmarks/train_step.py [--config configs/default.py] [--batch 1024] [--iters 32] [--rounds 3]
 
 Prints, after compilation and warm-up: the jitted train step alone (batches already on device), the
 jitted evaluation step alone, the input pipeline alone (grain batches to device), and the training
 loop as `trainer.py` runs it (`trainer._advance`: read, place, K steps per dispatch, running sums)
 for `config.train.steps_per_call` K = 1, 4 and 16, with the batches read on the host (grain) and with
 the split on device (`config.data.on_device`: only row indices move), each as requests/s and as a
-ratio to the bare step. The loop dispatches asynchronously and waits only at the end, as the trainer
-does between log lines.
+ratio to the bare step (dispatched back to back on batches already on device). The loop dispatches
+asynchronously and waits only at the end, as the trainer does between log lines. Every variant runs
+once per round, round after round, so that a shared machine's drifting load falls on all of them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 import time
 
 import jax
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -44,6 +46,7 @@ def main() -> None:
   parser.add_argument("--config", default="configs/default.py")
   parser.add_argument("--batch", type=int, default=1024)
   parser.add_argument("--iters", type=int, default=32)
+  parser.add_argument("--rounds", type=int, default=3)
   args = parser.parse_args()
 
   config = configuration.from_file(args.config)
@@ -68,9 +71,7 @@ def main() -> None:
   it = pipeline.train_iterator(ds)
   input_only = lambda: jax.block_until_ready(mesh_lib.put_batch(next(it), exp.mesh))
   sync = lambda: jax.block_until_ready((holder["state"].step, holder["sums"]))
-  results = {name: args.batch / timed(fn, args.iters, sync) for name, fn in
-             [("train step", train_only), ("eval step", eval_only), ("input pipeline", input_only)]}
-
+  variants = [("train step", train_only, 1), ("eval step", eval_only, 1), ("input pipeline", input_only, 1)]
   for gather in (False, True):
     e = exps[gather]
     loop_it = pipeline.train_iterator(pipeline.train_dataset(e.data.splits["train"], global_batch_size=args.batch,
@@ -78,16 +79,23 @@ def main() -> None:
     for k in (1, 4, 16):
       def loop(k=k, e=e, loop_it=loop_it):
         holder["state"], holder["sums"] = trainer._advance(e, holder["state"], loop_it, holder["sums"], k)
+      variants.append((f"train loop, K={k}" + (", on device" if gather else ""), loop, k))
+
+  rates = {name: [] for name, _, _ in variants}  # every variant once per round: load drifts between rounds
+  for _ in range(args.rounds):
+    for name, fn, k in variants:
       holder["sums"] = None
-      name = f"train loop, K={k}" + (", on device" if gather else "")
-      results[name] = args.batch * k / timed(loop, max(args.iters // k, 2), sync)
+      rates[name].append(args.batch * k / timed(fn, max(args.iters // k, 2), sync))
   stages = " -> ".join(f"{s.model}(k={s.k})" for s in exp.cascade.stages)
   print(f"config {args.config}: {stages}, N={config.data.list_size}, batch {args.batch}, "
-        f"{jax.device_count()} x {jax.devices()[0].device_kind}, jax {jax.__version__}")
-  for name, rate in results.items():
-    print(f"  {name:38s} {rate:12,.0f} requests/s")
-  for name in [n for n in results if n.startswith(("eval", "train loop"))]:
-    print(f"  {name + ' / train step':38s} {results[name] / results['train step']:12.2f} x")
+        f"{jax.device_count()} x {jax.devices()[0].device_kind}, jax {jax.__version__}, {args.rounds} rounds "
+        "(medians; ratios are medians of each round's ratio)")
+  for name, values in rates.items():
+    print(f"  {name:38s} {np.median(values):12,.0f} requests/s")
+  for name in [n for n in rates if n.startswith(("eval", "train loop"))]:
+    ratio = np.median(np.array(rates[name]) / np.array(rates["train step"]))
+    print(f"  {name + ' / train step':38s} {ratio:12.2f} x")
+
 
 if __name__ == "__main__":
   main()

@@ -135,9 +135,14 @@ class Experiment:
     """A `TrainState`-shaped pytree of shardings (replicated, but for row-sharded tables and their state)."""
     return self.update.state_sharding(jax.eval_shape(self._init, self._keys()[0]), self.mesh)
 
+  @functools.cached_property
+  def _jitted_init(self):
+    return jax.jit(self._init, out_shardings=self.state_sharding)
+
   def init_state(self) -> TrainState:
-    """Fresh parameters and optimizer state, created directly with their shardings."""
-    return jax.jit(self._init, out_shardings=self.state_sharding)(self._keys()[0])
+    """Fresh parameters and optimizer state, created directly with their shardings (compiled once
+    per experiment)."""
+    return self._jitted_init(self._keys()[0])
 
   def abstract_state(self) -> TrainState:
     """Shapes, dtypes and shardings of the state, for restoring checkpoints."""
