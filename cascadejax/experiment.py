@@ -314,8 +314,9 @@ class Experiment:
     return jax.device_put(jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), self._metric_shapes),
                           mesh_lib.replicated(self.mesh))
 
-  def stack_batches(self, batches: list[CascadeBatch]) -> CascadeBatch:
-    """This process's rows of `k` global batches, stacked and placed as `train_steps` reads them."""
+  def stack_batches(self, batches: list[CascadeBatch] | list[np.ndarray]) -> CascadeBatch | jax.Array:
+    """This process's rows of `k` global batches (or, with `config.data.on_device`, their row
+    indices), stacked and placed as `train_steps` reads them."""
     stacked = jax.tree.map(lambda *xs: np.stack(xs), *batches)
     return mesh_lib.put_batch(stacked, self.mesh, axis=1)
 

@@ -17,7 +17,7 @@ def fsync_directory(directory: str) -> None:
   try:
     os.fsync(fd)
   except OSError:
-    pass
+    pass  # a filesystem that cannot sync directories: the rename itself is done
   finally:
     os.close(fd)
 
@@ -48,6 +48,6 @@ def write_atomic(path: str, text: str, *, midway: Callable[[], None] | None = No
     try:
       os.remove(tmp)
     except OSError:
-      pass
+      pass  # never created, or already gone: the original error is the one to raise
     raise
   fsync_directory(os.path.dirname(os.path.abspath(path)))

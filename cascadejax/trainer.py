@@ -16,7 +16,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
@@ -89,8 +88,7 @@ def _advance(exp: Experiment, state: TrainState, batches: Any, sums: Any, k: int
   if k == 1 and not gather:
     state, metrics = exp.train_step(state, mesh_lib.put_batch(next(batches), exp.mesh))
     return state, accumulate(sums, metrics)
-  stacked = [next(batches) for _ in range(k)]
-  inputs = mesh_lib.put_batch(np.stack(stacked), exp.mesh, axis=1) if gather else exp.stack_batches(stacked)
+  inputs = exp.stack_batches([next(batches) for _ in range(k)])  # batches, or row indices with on_device
   return exp.train_steps(k)(state, inputs, exp.zero_sums() if sums is None else sums)
 
 

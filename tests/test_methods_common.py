@@ -5,18 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cascadejax.methods.common import label_split, label_ties
+from cascadejax.methods.common import label_split, label_ties, split_ties
 
 
 def _pairwise_split(labels, k, where, count_ties):
-  """label_split's previous O(n^2) formula: every pair of labels of a list compared (label_ties)."""
-  start, size = label_ties(labels, where=where)
-  top = jnp.clip(k - start, 0, size)
-  top, rest = top.astype(jnp.float32), (size - top).astype(jnp.float32)
-  if count_ties:
-    return top, rest
-  share = jnp.maximum(size, 1).astype(jnp.float32)
-  return top / share, rest / share
+  """label_split's previous O(n^2) form: the tie structure from every pair of labels (label_ties)."""
+  return split_ties(*label_ties(labels, where=where), k, count_ties=count_ties)
 
 
 @pytest.mark.parametrize("count_ties", [False, True])

@@ -85,7 +85,13 @@ def label_split(labels: jax.Array, k: int, *, where: jax.Array, count_ties: bool
   Returns:
     `(y_top, y_rest)`, each `[..., n]` float32, 0 on padding.
   """
-  start, size = _sorted_label_ties(labels, where=where)
+  return split_ties(*_sorted_label_ties(labels, where=where), k, count_ties=count_ties)
+
+
+def split_ties(start: jax.Array, size: jax.Array, k: int | jax.Array, *,
+               count_ties: bool = False) -> tuple[jax.Array, jax.Array]:
+  """`label_split` from a tie structure: `start` (ranks above each item's tie block) and `size` (the
+  block's size), as `label_ties` gives them; the block's ranks below `k` and at or above it."""
   top = jnp.clip(k - start, 0, size)
   top, rest = top.astype(jnp.float32), (size - top).astype(jnp.float32)
   if count_ties:
