@@ -10,7 +10,6 @@ import dataclasses
 import functools
 from typing import Any
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
 from cascadejax import cascade as cascade_lib
-from cascadejax import configuration, data as data_lib, metrics, mesh as mesh_lib, multitask
+from cascadejax import configuration, data as data_lib, metrics, mesh as mesh_lib, steps as steps_lib
 from cascadejax.checkpoint import Checkpointer
 from cascadejax.corpus import evaluation as corpus_eval, training as corpus_training
 from cascadejax.corpus.sharded import pad_corpus
@@ -28,38 +27,7 @@ from cascadejax.data.schema import CascadeBatch, CascadeData
 from cascadejax.embedding import update as update_lib
 from cascadejax.embedding.collection import EmbeddingConfig
 from cascadejax.methods import CascadeMethod
-
-
-@flax.struct.dataclass
-class TrainState:
-  """The whole training state, a pytree (what checkpoints hold).
-
-  Attributes:
-    step: number of train steps taken.
-    params: {"cascade": the stage models' parameters, "method": the method's own parameters}.
-    opt_state: the optimizer's state.
-    nonfinite_step: -1, or the first step whose loss, gradient or gradient norm was not finite (its
-      update was skipped; the trainer stops when it sees this).
-  """
-
-  step: jax.Array
-  params: Any
-  opt_state: Any
-  nonfinite_step: jax.Array
-
-
-def _all_finite(tree: Any) -> jax.Array:
-  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)] or [jnp.bool_(True)]))
-
-
-def update_is_finite(loss: jax.Array, grads: Any, grad_norm: jax.Array) -> jax.Array:
-  """Whether a step's update may be applied: loss, every gradient and their global norm finite.
-
-  The norm is checked too because finite gradients whose global norm exceeds about 1.8e19 overflow
-  float32's sum of squares: global-norm clipping then divides by infinity and silently zeroes every
-  update, so a diverged run would go on without learning.
-  """
-  return jnp.isfinite(loss) & _all_finite(grads) & jnp.isfinite(grad_norm)
+from cascadejax.steps import TrainState
 
 
 @dataclasses.dataclass
@@ -217,43 +185,11 @@ class Experiment:
     return corpus.key, corpus_training.device_arrays(corpus, section.smoothing)
 
   @functools.cached_property
-  def _step(self):
-    """The pure train step `(state, batch, corpus arrays or None) -> (state, metrics)`: the one body
-    that `train_step` (one step per call) and `train_steps` (K steps per call) both compile."""
-    train_key = self._keys()[1]
-    corpus_key = (self._corpus_arrays or (None, None))[0]
-
-    def step(state: TrainState, batch: CascadeBatch, arrays: Any = None):
-      dropout_rng, method_rng = jax.random.split(jax.random.fold_in(train_key, state.step))
-
-      def loss_fn(params, variables):  # variables: extra collections of the update path (or None)
-        out = self.cascade.apply({"params": params["cascade"], **(variables or {})}, batch.user, batch.items,
-                                 train=True, rngs={"dropout": dropout_rng})
-        loss, aux = self.method.loss(params["method"], out.scores, batch, rng=method_rng)
-        tasks = self.sections.multitask
-        if tasks.weight:  # the task heads of multi-task stages (`cascadejax.multitask`)
-          task_loss, terms = multitask.loss(out.aux, batch, num_stages=len(self.cascade.stages),
-                                            weights=tasks.task_weights)
-          loss, aux = loss + tasks.weight * task_loss, {**aux, **terms, "loss/tasks": task_loss}
-        c = self.sections.corpus
-        if arrays is not None:  # the retrieval stage against corpus negatives (`cascadejax.corpus.training`)
-          corpus_loss = corpus_training.loss(
-              self.cascade, {"params": params["cascade"], **(variables or {})}, batch, arrays, key=corpus_key,
-              gt_num=self.sections.cascade.gt_num, negatives=c.negatives, num_negatives=c.num_negatives,
-              temperature=c.temperature, log_q=c.log_q, rng=jax.random.fold_in(method_rng, 1))
-          loss, aux = loss + c.weight * corpus_loss, {**aux, "loss/corpus": corpus_loss}
-        return loss, aux
-
-      (loss, aux), grads = self.update.value_and_grad(loss_fn, state.params, batch)
-      grad_norm = self.update.global_norm(grads)
-      finite = update_is_finite(loss, grads, grad_norm)
-      params, opt_state = jax.lax.cond(finite, lambda _: self.update.apply(grads, state.opt_state, state.params),
-                                       lambda _: (state.params, state.opt_state), None)
-      first_bad = jnp.where((state.nonfinite_step < 0) & ~finite, state.step, state.nonfinite_step)
-      new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, nonfinite_step=first_bad)
-      return new_state, {"loss": loss, "grad_norm": grad_norm, **aux}
-
-    return step
+  def _step(self) -> steps_lib.StepFn:
+    """The pure train step (`cascadejax.steps.make_step`): the one body that `train_step` (one step
+    per call) and `train_steps` (K steps per call) both compile."""
+    return steps_lib.make_step(self.cascade, self.method, self.update, self.sections, train_key=self._keys()[1],
+                               corpus_key=(self._corpus_arrays or (None, None))[0])
 
   @functools.cached_property
   def train_step(self):
@@ -286,16 +222,7 @@ class Experiment:
     replicated = mesh_lib.replicated(self.mesh)
     gather = self.sections.data.on_device
 
-    def steps(state: TrainState, batches: Any, sums: dict[str, jax.Array], split: Any, arrays: Any):
-      def body(carry, batch):
-        state, sums = carry
-        if gather:
-          batch = jax.lax.with_sharding_constraint(split.take(batch), self._batch_sharding)
-        state, metrics = self._step(state, batch, arrays)
-        return (state, jax.tree.map(jnp.add, sums, metrics)), None
-
-      return jax.lax.scan(body, (state, sums), batches, length=k)[0]
-
+    steps = steps_lib.scan_steps(self._step, k, gather=gather, batch_sharding=self._batch_sharding)
     stacked = (NamedSharding(self.mesh, PartitionSpec(None, "data")) if gather else
                jax.tree.map(lambda _: NamedSharding(self.mesh, PartitionSpec(None, "data")), self._sample()))
     jitted = self._in_mesh(jax.jit(steps, in_shardings=(self.state_sharding, stacked, replicated, replicated,

@@ -24,7 +24,8 @@ from tqdm import tqdm
 from cascadejax import configuration, faults, mesh as mesh_lib, workdir as workdir_lib, workdir_lock
 from cascadejax.checkpoint import Checkpointer
 from cascadejax.data import pipeline
-from cascadejax.experiment import Experiment, TrainState
+from cascadejax.experiment import Experiment
+from cascadejax.steps import TrainState
 from cascadejax.metric_writer import MetricWriter
 
 

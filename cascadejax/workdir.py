@@ -19,7 +19,8 @@ from ml_collections import ConfigDict
 
 from cascadejax import configuration, metric_writer, mesh as mesh_lib
 from cascadejax.checkpoint import Checkpointer
-from cascadejax.experiment import Experiment, TrainState
+from cascadejax.experiment import Experiment
+from cascadejax.steps import TrainState
 
 
 def saved_config(workdir: str) -> ConfigDict | None:

@@ -25,7 +25,7 @@ LAYERS = {
     "cascade": 3,
     "methods": 4, "metrics": 4, "corpus": 4,
     "configuration": 5,
-    "experiment": 6,
+    "steps": 6, "experiment": 6,
     "trainer": 7, "tuning": 7,
     "workdir": 7,
     "evaluate": 8, "export": 8, "compare": 8, "day_report": 8,
