@@ -1,11 +1,28 @@
 """Durable file writes: `write_atomic` replaces a file by a temp file, fsync and rename, so a reader
 (or a run started after a kill, a power cut or a full disk) sees the old file or the new one, whole,
-never a truncated mix."""
+never a truncated mix; `exclusive` serialises the writers of one file across processes."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
-from typing import Callable
+from typing import Callable, Iterator
+
+
+@contextlib.contextmanager
+def exclusive(path: str) -> Iterator[None]:
+  """Holds an OS lock (`fcntl.flock`) on `path + ".lock"` while the block runs, so that processes that
+  append to or replace `path` take turns (e.g. `cascadejax.evaluate` appending a report while a
+  resumed run rewrites the log: without it the rewrite, read before the append and renamed after it,
+  would drop the appended line). The lock is on a side file because a rename replaces `path`'s
+  inode; the kernel releases it when its process ends, however it ends."""
+  fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+  finally:
+    os.close(fd)  # closing releases the lock
 
 
 def fsync_directory(directory: str) -> None:

@@ -3,7 +3,9 @@
 `metrics.jsonl` is only ever appended to or replaced whole: a resume that drops the reports written
 after the restored checkpoint, or the repair of a partial last line (a power cut inside an append),
 writes the kept lines to a temp file and renames it over the log (`files.write_atomic`), so a kill at
-any moment leaves the whole old log or the whole new one.
+any moment leaves the whole old log or the whole new one. Appends and rewrites hold
+`metrics.jsonl.lock` (`files.exclusive`), so the run and `cascadejax.evaluate` never lose each
+other's lines.
 """
 
 from __future__ import annotations
@@ -42,13 +44,14 @@ class MetricWriter:
     if not enabled:
       return
     if os.path.exists(self.path):
-      with open(self.path) as f:
-        text = f.read()
-      lines = _lines(text, self.path)
-      kept = [line for line in lines if resume_step is None or not _after(line, resume_step, test_days)]
-      if kept != lines or (text and not text.endswith("\n")):
-        files.write_atomic(self.path, "".join(line + "\n" for line in kept),
-                           midway=lambda: faults.point("metrics_rewrite", resume_step))
+      with files.exclusive(self.path):  # an evaluate appending meanwhile waits, so its line is kept
+        with open(self.path) as f:
+          text = f.read()
+        lines = _lines(text, self.path)
+        kept = [line for line in lines if resume_step is None or not _after(line, resume_step, test_days)]
+        if kept != lines or (text and not text.endswith("\n")):
+          files.write_atomic(self.path, "".join(line + "\n" for line in kept),
+                             midway=lambda: faults.point("metrics_rewrite", resume_step))
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
                              purge_step=None if resume_step is None else resume_step + 1)
 
@@ -58,7 +61,7 @@ class MetricWriter:
     if self.enabled:
       line = json.dumps(record) + "\n"
       try:
-        with open(self.path, "a") as f:
+        with files.exclusive(self.path), open(self.path, "a") as f:
           faults.point("metrics_write", int(step), before=lambda: (f.write(line[: len(line) // 2]), f.flush()))
           f.write(line)
       except OSError as err:

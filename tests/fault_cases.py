@@ -16,6 +16,11 @@ def config():
 
 
 if __name__ == "__main__":
+  from absl import logging
+
   from cascadejax import trainer  # after conftest has set XLA_FLAGS
+
+  logging.use_absl_handler()  # INFO lines ("resumed from step ...") on stderr, which the tests read
+  logging.set_verbosity(logging.INFO)
 
   trainer.train_and_evaluate(config(), sys.argv[1])

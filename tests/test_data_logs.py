@@ -194,6 +194,14 @@ def test_truncated_file_and_config_errors(tmp_path):
     logs.load(lh.config(str(tmp_path)), lh.S)
   with pytest.raises(ValueError, match="config.data.files: no log file matches"):
     logs.load(lh.config(str(tmp_path), files="nothing/*.parquet"), lh.S)
+  lh.write(rows, str(tmp_path / "csv"), "csv", parts=1)  # a CSV cut inside its last field: rejected, not shortened
+  csv = tmp_path / "csv" / "cands" / "part0.csv"
+  text = csv.read_bytes()
+  csv.write_bytes(text[:-2])
+  last = text.count(b"\n") - 1  # data rows, the header aside
+  with pytest.raises(ValueError, match=rf"part0.csv: row {last} \(the last\) has no newline, so "
+                                       "the file was cut short, possibly inside its last field"):
+    logs.load(lh.config(str(tmp_path / "csv")), lh.S)
   for bad, match in ((dict(stage={"column": "stage", "flags": ("a",)}), "config.data.stage must hold exactly one"),
                      (dict(vocab={"cat": {"min_count": 0}}), r"config.data.vocab.cat.min_count must be an int >= 1"),
                      (dict(history=dict(length=2, columns={"history": "hist"}, tables={"history": "nope"})),

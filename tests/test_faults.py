@@ -63,12 +63,13 @@ def _run(workdir_, fault=None, cache=None):
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
-  """One workdir killed inside the config write, inside the first checkpoint save (after the step-2
-  report), inside the step-4 report's append and during the final evaluation, each time started
-  again; then run to the end. Returns the workdir and what was seen after each kill."""
+  """One workdir killed inside the config write, before the first (compiling) step, inside the first
+  checkpoint save (after the step-2 report), inside the step-4 report's append, after step 5 (a step
+  past the last checkpoint) and during the final evaluation, each time started again; then run to
+  the end. Returns the workdir and what was seen after each kill."""
   tmp = tmp_path_factory.mktemp("chain")
   path, cache, seen = tmp / "w", tmp / "xla_cache", {}
-  for fault in ("config_write", "inside_save:2", "metrics_write:4", "final_eval"):
+  for fault in ("config_write", "before_compile", "inside_save:2", "metrics_write:4", "after_step:5", "final_eval"):
     done = _run(path, fault, cache)
     assert done.returncode == -signal.SIGKILL, (fault, done.stderr[-3000:])
     seen[fault] = {"stderr": done.stderr, "files": sorted(os.listdir(path)),
@@ -96,11 +97,29 @@ def test_a_kill_inside_the_config_write_leaves_no_half_config(chain):
   assert "config.json.tmp" in seen["config_write"]["files"]
 
 
+def test_a_kill_before_the_first_step_leaves_the_config_and_nothing_else(chain):
+  _, seen = chain
+  before = seen["before_compile"]
+  assert before["files"] == ["checkpoints", "config.json", "lock.0", "tensorboard"]
+  assert before["steps"] == [] and before["metrics"] is None
+  assert "resumed from step" not in seen["inside_save:2"]["stderr"]
+
+
+def test_a_kill_after_a_step_past_the_last_checkpoint_resumes_from_that_checkpoint(chain):
+  _, seen = chain
+  after = seen["after_step:5"]
+  intact = [s for s, status, _ in after["steps"] if status == "ok"]
+  # step 4's save is asynchronous: the kill may come before it is committed (then step 2 is the newest)
+  assert intact[:1] in ([4], [2]) and all(status == "ok" for _, status, _ in after["steps"])
+  assert '"step": 4' in after["metrics"] and '"step": 6' not in after["metrics"]
+  assert f"resumed from step {intact[0]} of" in seen["final_eval"]["stderr"]  # the steps after it trained again
+
+
 def test_a_kill_inside_a_metrics_append_is_repaired_with_a_warning_naming_the_file(chain):
   path, seen = chain
   text = seen["metrics_write:4"]["metrics"]
   assert text and not text.endswith("\n") and '"step": 4' not in text.rpartition("\n")[0]  # half a line
-  assert f"{path / 'metrics.jsonl'}: its last line" in seen["final_eval"]["stderr"]
+  assert f"{path / 'metrics.jsonl'}: its last line" in seen["after_step:5"]["stderr"]  # the next start
 
 
 def test_a_kill_inside_the_first_save_starts_over_without_doubling_its_reports(chain):
@@ -122,7 +141,8 @@ def _scalars(directory):
       (length,) = np.frombuffer(data[at:at + 8], "<u8")
       events.append(event_pb2.Event.FromString(data[at + 12:at + 12 + int(length)]))
       at += 12 + int(length) + 4
-    runs.append(events)
+    if events:  # a start killed before its writer flushed leaves an empty file (TensorBoard shows nothing of it)
+      runs.append(events)
   shown, counts = {}, {}
   for events in sorted(runs, key=lambda e: e[0].wall_time):
     for e in events:
@@ -275,6 +295,31 @@ def test_a_kill_inside_the_resume_rewrite_of_metrics_loses_no_line(tmp_path, mon
   monkeypatch.delenv(faults.ENV)
   metric_writer.MetricWriter(str(tmp_path), resume_step=2).close()
   assert [r["step"] for r in metric_writer.read(str(tmp_path))] == [2]
+
+
+def test_an_evaluate_report_appended_during_a_resume_rewrite_is_kept(tmp_path):
+  writer = metric_writer.MetricWriter(str(tmp_path))
+  for step in (2, 4, 6):
+    writer.write(step, {"loss": step}, split="train")
+  writer.close()
+  log = str(tmp_path / "metrics.jsonl")
+  appender = subprocess.Popen(  # `cascadejax.evaluate` in the middle of its append
+      [sys.executable, "-c", "import sys\nfrom cascadejax import files\nwith files.exclusive(sys.argv[1]):\n"
+       "  print('held', flush=True)\n  sys.stdin.readline()\n  open(sys.argv[1], 'a').write("
+       "'{\"step\": 6, \"source\": \"evaluate\", \"loss\": 6.0}\\n')", log],
+      cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  try:
+    assert appender.stdout.readline() == "held\n"
+    resume = threading.Thread(target=lambda: metric_writer.MetricWriter(str(tmp_path), resume_step=2).close())
+    resume.start()  # a run resuming from step 2: rewrites the log without steps 4 and 6
+    resume.join(1.0)
+    assert resume.is_alive()  # it waits for the append
+    appender.communicate("go\n", timeout=60)
+    resume.join(60)
+  finally:
+    appender.kill()
+  assert [(r["step"], r.get("source", "train")) for r in metric_writer.read(str(tmp_path))] == \
+      [(2, "train"), (6, "evaluate")]
 
 
 def test_a_cut_off_last_metrics_line_is_left_out_a_damaged_earlier_one_is_named(tmp_path, caplog):
