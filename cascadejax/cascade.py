@@ -134,6 +134,21 @@ class Cascade(nn.Module):
     batch = next(iter(items.values())).shape[0]
     return model.item_pools(self.embedders[name](self._placeholder("user", batch), items))
 
+  def item_log_gates(self, items: Mapping[str, jax.Array], *, stage: int = 0) -> jax.Array | None:
+    """`[B, N, E]` log of each item's gate over the pools (`moe_nominators.log_gate`; one-hot for
+    fixed pools), or None for a model without pools."""
+    name = self.stages[stage].name
+    model = self._retrieval_model(stage)
+    if not hasattr(type(model), "item_pools"):
+      return None
+    batch = next(iter(items.values())).shape[0]
+    return model.log_gate(self.embedders[name](self._placeholder("user", batch), items))
+
+  def mix_pool_scores(self, scores: jax.Array, log_gate: jax.Array, *, stage: int = 0) -> jax.Array:
+    """`[...]` training scores of a model with pools from its nominators' scores `[..., E]` (each
+    <q_e, v> of `query_vectors` and `item_vectors`) and `item_log_gates` `[..., E]`."""
+    return self._retrieval_model(stage).mix(scores, log_gate)
+
   def __call__(self, user: Mapping[str, jax.Array], items: Mapping[str, jax.Array],
                *, train: bool = False) -> CascadeOutput:
     """Every stage's scores for every candidate slot, and the stages' auxiliary outputs."""

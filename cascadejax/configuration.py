@@ -149,9 +149,6 @@ def validate(config: ConfigDict) -> Sections:
                      "> 0 (the share of the training requests moved into it)")
   corpus = CorpusSection.parse(config.get("corpus", None))
   first = cascade.stages[0]
-  if corpus.negatives != "none" and first.model == "moe_nominators":
-    raise ValueError(f"config.corpus.negatives: corpus negatives train a single-query retrieval stage; "
-                     f"config.cascade.{first.name}.model='moe_nominators' retrieves per pool (evaluation only)")
   for key, on in (("evaluate", corpus.evaluate), ("negatives", corpus.negatives != "none")):
     if on and first.model not in RETRIEVAL_MODELS:
       raise ValueError(f"config.corpus.{key} retrieves from the corpus with the first stage, but "

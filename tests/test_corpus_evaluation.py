@@ -94,10 +94,6 @@ def test_train_reports_corpus_metrics_and_non_retrieval_models_are_refused(tmp_p
                                        r"config.cascade.retrieval.model='mlp' is not one of \('two_tower', 'dssm', "
                                        r"'moe_nominators'\)"):
     configuration.validate(bad)
-  moe = _moe(tiny_config())
-  moe.corpus = ConfigDict(dict(negatives="sampled"))
-  with pytest.raises(ValueError, match="config.corpus.negatives: corpus negatives train a single-query retrieval stage"):
-    configuration.validate(moe)
   bad.corpus = ConfigDict(dict(top_k="nearest"))
   with pytest.raises(ValueError, match=r"config.corpus.top_k must be one of \('exact', 'approx'\)"):
     configuration.validate(bad)

@@ -230,6 +230,16 @@ class MoENominators(nn.Module):
     """`[B, N, out_dim]`: the items' side of every nominator's score (the shared item tower)."""
     return self.encode_items(emb)
 
+  def mix(self, scores: jax.Array, log_gate: jax.Array) -> jax.Array:
+    """The training score `[...]` from every nominator's score s_e `[..., E]` and log g_e `[..., E]`
+    (the module docstring's two mixtures): what `__call__(train=True)` returns for a candidate list,
+    and what the corpus-negatives term scores corpus items by (`cascadejax.corpus.training`)."""
+    if self.mixture == "logit":
+      return (jnp.exp(log_gate) * scores).sum(-1)
+    # log sum_e g_e sigmoid(s_e) - log sum_e g_e sigmoid(-s_e), from logits without overflow
+    return (jax.nn.logsumexp(log_gate + jax.nn.log_sigmoid(scores), axis=-1)
+            - jax.nn.logsumexp(log_gate + jax.nn.log_sigmoid(-scores), axis=-1))
+
   def item_pools(self, emb: Embedded) -> jax.Array:
     """`[B, N]` int32: each item's serving pool, argmax_e g_e(i) (ties towards the lower e)."""
     return jnp.argmax(self.log_gate(emb), axis=-1).astype(jnp.int32)
@@ -242,11 +252,8 @@ class MoENominators(nn.Module):
     s, log_g = self.expert_scores(emb, train=train), self.log_gate(emb)
     g = jnp.exp(log_g)
     self.sow("intermediates", "gate", g)
-    if train and self.mixture == "logit":
-      return (g * s).sum(-1)
-    if train:  # log sum_e g_e sigmoid(s_e) - log sum_e g_e sigmoid(-s_e), from logits without overflow
-      return (jax.nn.logsumexp(log_g + jax.nn.log_sigmoid(s), axis=-1)
-              - jax.nn.logsumexp(log_g + jax.nn.log_sigmoid(-s), axis=-1))
+    if train:
+      return self.mix(s, log_g)
     pool = jnp.argmax(g, axis=-1)
     own = jnp.take_along_axis(s, pool[..., None], axis=-1)[..., 0]
     return round_robin_scores(own, pool, self.valid(emb), self.num_experts)
