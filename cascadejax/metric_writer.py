@@ -56,7 +56,8 @@ class MetricWriter:
                              purge_step=None if resume_step is None else resume_step + 1)
 
   def write(self, step: int, scalars: dict[str, float], **fields: Any) -> dict[str, Any]:
-    """Writes one report: `{"step": step, **fields, **scalars}`; returns it."""
+    """Writes one report: `{"step": step, **fields, **scalars}`; returns it. Its TensorBoard tags
+    are `<split>/<metric>` (`<source>/<split>/<metric>` for a `source` other than "train")."""
     record = {"step": int(step), **fields, **{k: float(v) for k, v in scalars.items()}}
     if self.enabled:
       line = json.dumps(record) + "\n"
@@ -67,7 +68,9 @@ class MetricWriter:
       except OSError as err:
         raise OSError(err.errno, f"appending the step-{int(step)} report to {self.path} failed: {err.strerror}; "
                       "the reports before it are kept (free space and run the same command again)") from err
-      prefix = f"{fields['split']}/" if "split" in fields else ""
+      # `cascadejax.evaluate`'s reports get their own tags, so they never double the run's final ones
+      source = fields.get("source", "train")
+      prefix = "".join(f"{x}/" for x in (None if source == "train" else source, fields.get("split")) if x)
       for k, v in scalars.items():
         self._tb.add_scalar(prefix + _tag(k), float(v), int(step))
       self._tb.flush()

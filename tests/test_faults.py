@@ -163,6 +163,15 @@ def test_tensorboard_shows_every_step_once_with_the_uninterrupted_values(referen
   assert drop(shown) == drop(expected)
 
 
+def test_an_evaluate_after_the_run_never_doubles_a_tensorboard_point(reference, tmp_path):
+  path = _copy(reference, tmp_path)
+  report = evaluate.evaluate_workdir(str(path))
+  shown, counts = _scalars(path / "tensorboard")
+  assert set(counts.values()) == {1}
+  assert shown["evaluate/test/recall_e2e", 6] == pytest.approx(report["recall_e2e"])
+  assert shown["test/recall_e2e", 6] == pytest.approx(workdir.final_report(str(reference))["recall_e2e"])
+
+
 def test_a_second_start_fails_at_once_naming_the_holder_and_the_lock_dies_with_it(tmp_path):
   holder = subprocess.Popen(
       [sys.executable, "-c", "import sys\nfrom cascadejax import workdir_lock\nwith workdir_lock.hold(sys.argv[1]):\n"
