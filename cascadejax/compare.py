@@ -25,6 +25,9 @@ holding out the last `--valid_fraction` of its training requests as split "valid
 diverge, the configured value is kept) then trains the test seeds like any entry, reported as
 `lcron (tuned temperature=10)`. `cascadejax/tuning.py` has the protocol.
 
+`--finished_only` trains nothing and writes the outputs of the runs that have finished: a partial
+table of a comparison still running (in another process, or to be resumed later).
+
 Outputs in OUT: `runs.csv` (one row per run: final test metrics and wall time), `summary.csv` (mean
 and std per method), `results.md` (the table, with paired differences against the first method or
 the `--paired` entries, and with --tune a "Tuning" section: every value's validation `recall_e2e`, the choice marked),
@@ -42,11 +45,11 @@ import time
 from typing import Sequence
 
 import jax
-import numpy as np
 from absl import app, flags, logging
 from ml_collections import ConfigDict, config_flags
 
 from cascadejax import configuration, overrides, trainer, tuning, workdir as workdir_lib, workdir_lock
+from cascadejax.tables import markdown, plot, summarize
 
 WALL_FILE = "compare_wall_s.json"
 DIVERGED_FILE = "compare_diverged.json"
@@ -94,7 +97,13 @@ def run_one(config: ConfigDict, workdir: str) -> dict:
     return _run_one(config, workdir)
 
 
-def _run_one(config: ConfigDict, workdir: str) -> dict:
+def outcome(config: ConfigDict, workdir: str) -> dict | None:
+  """What `run_one` returns for a run that has finished (or diverged), read from its workdir; None
+  for a run not finished yet.
+
+  Raises:
+    ValueError: if the workdir holds a run of a different config.
+  """
   wall_path, diverged_path = os.path.join(workdir, WALL_FILE), os.path.join(workdir, DIVERGED_FILE)
   saved = workdir_lib.saved_config(workdir)
   changed = [] if saved is None else configuration.differing_keys(saved, config)
@@ -108,6 +117,14 @@ def _run_one(config: ConfigDict, workdir: str) -> dict:
   if os.path.exists(diverged_path):
     with open(diverged_path) as f:
       return json.load(f)
+  return None
+
+
+def _run_one(config: ConfigDict, workdir: str) -> dict:
+  done = outcome(config, workdir)
+  if done is not None:
+    return done
+  wall_path, diverged_path = os.path.join(workdir, WALL_FILE), os.path.join(workdir, DIVERGED_FILE)
   start = time.perf_counter()
   try:
     report, record, path = trainer.train_and_evaluate(config, workdir), {}, wall_path
@@ -122,106 +139,9 @@ def _run_one(config: ConfigDict, workdir: str) -> dict:
   return {**report, **record}
 
 
-def metric_names(rows: list[dict]) -> list[str]:
-  """`recall_e2e` first, then the other model metrics (random-selection references last)."""
-  names = sorted({k for r in rows for k in r if "/" in k or k.startswith("recall")} - {"recall_e2e"})
-  model = [n for n in names if not n.endswith("_random")]
-  return ["recall_e2e"] + model + [n for n in names if n.endswith("_random")]
-
-
-def summarize(rows: list[dict], methods: list[str]) -> list[dict]:
-  """Mean and sample std of every metric and of the wall time, per method."""
-  out = []
-  for m in methods:
-    runs = [r for r in rows if r["method"] == m]
-    finished = [r for r in runs if "diverged_step" not in r]
-    entry = {"method": m, "seeds": len(finished), "diverged": len(runs) - len(finished)}
-    for name in metric_names(rows) + ["wall_s"]:
-      values = np.array([r[name] for r in (runs if name == "wall_s" else finished) if name in r], float)
-      if len(values):  # a method whose every seed diverged has no metric means (empty CSV cells)
-        entry[f"{name}_mean"] = float(values.mean())
-        entry[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-    out.append(entry)
-  return out
-
-
-def _diverged(rows: list[dict], method: str) -> str:
-  """`"diverged on 2/5 seeds (at steps 41, 57)"`, or "" when no seed of `method` diverged."""
-  runs = [r for r in rows if r["method"] == method]
-  steps = [int(r["diverged_step"]) for r in runs if "diverged_step" in r]
-  return f"diverged on {len(steps)}/{len(runs)} seeds (at steps {', '.join(map(str, steps))})" if steps else ""
-
-
-def _spread(std: float, n: int) -> str:
-  """` ± std` of n values; one value has no spread to show."""
-  return f" ± {std:.4f}" if n > 1 else ""
-
-
-def _paired(rows: list[dict], method: str, reference: str) -> str:
-  """`"+0.0123 ± 0.0040 (4/5 seeds better)"`: `method` minus `reference` on the seeds both finished."""
-  ref = {r["seed"]: r["recall_e2e"] for r in rows if r["method"] == reference and "recall_e2e" in r}
-  diffs = np.array([r["recall_e2e"] - ref[r["seed"]] for r in rows
-                    if r["method"] == method and r["seed"] in ref and "recall_e2e" in r])
-  if method == reference or not len(diffs):
-    return ""
-  return (f"{diffs.mean():+.4f}{_spread(diffs.std(ddof=1) if len(diffs) > 1 else 0.0, len(diffs))} "
-          f"({(diffs > 0).sum()}/{len(diffs)} seeds better)")
-
-
-def markdown(rows: list[dict], summary: list[dict], methods: list[str],
-             references: Sequence[str] = ()) -> str:
-  """The comparison table: mean +/- std per method (the mean alone for one seed), and the paired
-  difference to each of `references` (default: the first method)."""
-  references = list(references) or methods[:1]
-  stage_recalls = [n for n in metric_names(rows) if "/recall@" in n and not n.endswith("_random")]
-  cols = ["recall_e2e"] + stage_recalls
-  head = ["method", *[f"`{c}`" for c in cols], *[f"`recall_e2e` minus {r} (paired)" for r in references],
-          "wall time"]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for s in summary:
-    cells = [f"`{s['method']}`"] + [f"{s[c + '_mean']:.4f}{_spread(s[c + '_std'], s['seeds'])}"
-                                    if c + "_mean" in s else "diverged" for c in cols]
-    for i, ref in enumerate(references):
-      diverged = _diverged(rows, s["method"]) if i == 0 else ""
-      cells.append("; ".join(x for x in (_paired(rows, s["method"], ref), diverged) if x))
-    cells.append(f"{s['wall_s_mean']:.0f} s")
-    lines.append("| " + " | ".join(cells) + " |")
-  random = [r["recall_e2e_random"] for r in rows if "recall_e2e_random" in r]
-  if random:
-    lines.append(f"| random selection | {np.mean(random):.4f} |" + " |" * (len(head) - 2))
-  return "\n".join(lines) + "\n"
-
-
-def plot(rows: list[dict], methods: list[str], path: str) -> bool:
-  """Per-method `recall_e2e` of every seed with its mean; False if matplotlib is not installed."""
-  try:
-    import matplotlib  # noqa: PLC0415 (optional dependency)
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-  except ImportError:
-    return False
-  fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(methods), 3.2))
-  for i, m in enumerate(methods):
-    values = [r["recall_e2e"] for r in rows if r["method"] == m and "recall_e2e" in r]
-    if _diverged(rows, m):
-      ax.annotate("some seeds diverged" if values else "diverged", (i, 0.02), xycoords=("data", "axes fraction"),
-                  ha="center", fontsize=7, color="red")
-    if not values:
-      continue
-    ax.scatter(np.full(len(values), i), values, s=14, alpha=0.7)
-    ax.errorbar(i + 0.18, np.mean(values), yerr=np.std(values, ddof=1) if len(values) > 1 else 0,
-                fmt="o", color="black", capsize=3)
-  ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
-  ax.set_ylabel("test recall_e2e")
-  ax.grid(axis="y", alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return True
-
-
 def compare(config: ConfigDict, methods: list[str], seeds: int, out: str, tune: Sequence[str] = (),
-            tune_seeds: int = 3, valid_fraction: float = 0.1, paired: Sequence[str] = ()) -> list[dict]:
+            tune_seeds: int = 3, valid_fraction: float = 0.1, paired: Sequence[str] = (),
+            finished_only: bool = False) -> list[dict]:
   """Runs every (method, seed), writes the outputs, and returns one row per run.
 
   Args:
@@ -233,6 +153,8 @@ def compare(config: ConfigDict, methods: list[str], seeds: int, out: str, tune: 
       runs first (`cascadejax.tuning`) and their rows are labelled with the chosen value.
     tune_seeds, valid_fraction: validation seeds per value, and the training share they hold out.
     paired: method entries the table shows paired differences to (default: the first one).
+    finished_only: train nothing: the outputs cover the runs that have finished (a partial table
+      while a long comparison is still running, e.g. from another process); not with `tune`.
 
   Returns:
     One row per test run: `method` (the table's label), `seed` and the final numeric metrics.
@@ -242,6 +164,8 @@ def compare(config: ConfigDict, methods: list[str], seeds: int, out: str, tune: 
   unknown = [m for m in paired if m not in methods]
   if unknown:
     raise ValueError(f"compare: --paired {unknown} are not --methods entries {methods}")
+  if finished_only and tune:
+    raise ValueError("compare: --finished_only trains nothing, so it cannot --tune (run the tuning first)")
   for m in methods:  # fail on a bad method name or --tune spec before training anything
     configuration.validate(run_config(config, m, 0))
   specs = tuning.parse_all(config, list(tune), methods, seeds=seeds, tune_seeds=tune_seeds,
@@ -256,10 +180,17 @@ def compare(config: ConfigDict, methods: list[str], seeds: int, out: str, tune: 
   rows = []
   for seed in range(seeds):
     for label, m in runs:
-      logging.info("compare: %s, seed %d of %d", label, seed + 1, seeds)
-      report = run_one(run_config(config, m, seed), os.path.join(out, "runs", tuning.folder(m), f"seed{seed}"))
+      workdir = os.path.join(out, "runs", tuning.folder(m), f"seed{seed}")
+      if finished_only:
+        report = outcome(run_config(config, m, seed), workdir)
+        if report is None:
+          continue
+      else:
+        logging.info("compare: %s, seed %d of %d", label, seed + 1, seeds)
+        report = run_one(run_config(config, m, seed), workdir)
       rows.append({"method": label, "seed": seed, **{k: v for k, v in report.items()
                                                      if isinstance(v, (int, float)) and k != "final"}})
+  labels = [label for label in labels if any(r["method"] == label for r in rows)]  # (finished_only: some have none)
   summary = summarize(rows, labels)
   for name, table in (("runs.csv", rows), ("summary.csv", summary)):
     with open(os.path.join(out, name), "w", newline="") as f:
@@ -267,7 +198,8 @@ def compare(config: ConfigDict, methods: list[str], seeds: int, out: str, tune: 
       writer.writeheader()
       writer.writerows(table)
   with open(os.path.join(out, "results.md"), "w") as f:
-    f.write(markdown(rows, summary, labels, [labels[methods.index(m)] for m in paired]))
+    label_of = {entry: label for entry, (label, _) in zip(methods, runs)}
+    f.write(markdown(rows, summary, labels, [label_of[m] for m in paired if label_of[m] in labels]))
     f.write(tuning.markdown(list(tuned.values()), tune_seeds=tune_seeds, valid_fraction=valid_fraction))
   if tuned:
     tuning.write_csv(list(tuned.values()), os.path.join(out, "tuning.csv"))
@@ -288,6 +220,7 @@ def define_flags() -> None:
   flags.DEFINE_integer("tune_seeds", 3, "Validation seeds per --tune value.")
   flags.DEFINE_float("valid_fraction", 0.1, "Share of the training requests the --tune "
                      "runs hold out and evaluate on (config.data.valid_fraction).")
+  flags.DEFINE_bool("finished_only", False, "Train nothing: write the outputs of the runs that have finished.")
 
 
 def main(argv: Sequence[str]) -> None:
@@ -300,7 +233,7 @@ def main(argv: Sequence[str]) -> None:
   trainer.quiet_library_logs()
   os.makedirs(FLAGS.out, exist_ok=True)
   compare(FLAGS.config, FLAGS.methods, FLAGS.seeds, FLAGS.out, tune=FLAGS.tune, tune_seeds=FLAGS.tune_seeds,
-          valid_fraction=FLAGS.valid_fraction, paired=FLAGS.paired)
+          valid_fraction=FLAGS.valid_fraction, paired=FLAGS.paired, finished_only=FLAGS.finished_only)
   with open(os.path.join(FLAGS.out, "results.md")) as f:
     print(f.read())
 

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from cascadejax import compare
+from cascadejax import compare, tables
 from tests.conftest import tiny_config
 
 
@@ -36,6 +36,15 @@ def test_compare_writes_paired_tables_and_skips_finished_runs(tmp_path):
   assert again == rows
   assert os.path.getmtime(tmp_path / "runs" / "lcron" / "seed1" / "metrics.jsonl") == mtime
 
+  # --finished_only trains nothing: a third seed and a method with no finished run are left out.
+  partial = compare.compare(config, ["independent", "lcron", "arf"], 3, str(tmp_path), paired=["lcron", "arf"],
+                            finished_only=True)
+  assert partial == rows and not (tmp_path / "runs" / "lcron" / "seed2").exists()
+  table = (tmp_path / "results.md").read_text()
+  assert "| `lcron` | 2 |" in table and "`arf`" not in table and "minus lcron (paired)" in table
+  with pytest.raises(ValueError, match="--finished_only trains nothing, so it cannot --tune"):
+    compare.compare(config, ["lcron"], 1, str(tmp_path), tune=["lcron:temperature=1.0,2.0"], finished_only=True)
+
 
 def test_compare_rejects_an_unknown_method_before_training(tmp_path):
   with pytest.raises(ValueError, match="config.method.name: unknown method 'lcorn'"):
@@ -61,13 +70,13 @@ def test_table_shows_a_spread_only_when_there_is_one():
   row = lambda method, seed, value: {"method": method, "seed": seed, "wall_s": 10.0, "recall_e2e": value,
                                      "recall_e2e_random": 0.2, "rank/recall@2@4": value}
   one = [row("independent", 0, 0.5), row("lcron", 0, 0.6)]
-  table = compare.markdown(one, compare.summarize(one, ["independent", "lcron"]), ["independent", "lcron"])
+  table = tables.markdown(one, tables.summarize(one, ["independent", "lcron"]), ["independent", "lcron"])
   assert "±" not in table
-  assert "| `lcron` | 0.6000 | 0.6000 | +0.1000 (1/1 seeds better) | 10 s |" in table
+  assert "| `lcron` | 1 | 0.6000 | 0.6000 | +0.1000 (1/1 seeds better) | 10 s |" in table
   two = one + [row("independent", 1, 0.7), row("lcron", 1, 0.6)]
-  table = compare.markdown(two, compare.summarize(two, ["independent", "lcron"]), ["independent", "lcron"])
+  table = tables.markdown(two, tables.summarize(two, ["independent", "lcron"]), ["independent", "lcron"])
   # lcron: 0.6 both seeds; paired differences +0.1 and -0.1 (sample std 0.1414).
-  assert "| `lcron` | 0.6000 ± 0.0000 | 0.6000 ± 0.0000 | +0.0000 ± 0.1414 (1/2 seeds better) | 10 s |" in table
+  assert "| `lcron` | 2 | 0.6000 ± 0.0000 | 0.6000 ± 0.0000 | +0.0000 ± 0.1414 (1/2 seeds better) | 10 s |" in table
 
 
 def test_a_diverged_run_is_recorded_and_not_retried(tmp_path):
@@ -89,20 +98,20 @@ def test_table_and_plot_report_diverged_seeds(tmp_path):
   methods = ["independent", "icc", "arf"]
   rows = [row("independent", 0, 0.5), gone("icc", 0, 41), row("arf", 0, 0.6),
           row("independent", 1, 0.7), gone("icc", 1, 57), gone("arf", 1, 12)]
-  summary = {s["method"]: s for s in compare.summarize(rows, methods)}
+  summary = {s["method"]: s for s in tables.summarize(rows, methods)}
   assert (summary["icc"]["seeds"], summary["icc"]["diverged"]) == (0, 2) and "recall_e2e_mean" not in summary["icc"]
   assert (summary["arf"]["seeds"], summary["arf"]["recall_e2e_mean"], summary["arf"]["wall_s_mean"]) == (1, 0.6, 6.0)
-  table = compare.markdown(rows, list(summary.values()), methods)
-  assert "| `icc` | diverged | diverged | diverged on 2/2 seeds (at steps 41, 57) | 2 s |" in table
-  assert "| `arf` | 0.6000 | 0.6000 | +0.1000 (1/1 seeds better); diverged on 1/2 seeds (at steps 12) | 6 s |" in table
-  assert compare.plot(rows, methods, str(tmp_path / "plot.png")) and os.path.getsize(tmp_path / "plot.png") > 1000
+  table = tables.markdown(rows, list(summary.values()), methods)
+  assert "| `icc` | 0 | diverged | diverged | diverged on 2/2 seeds (at steps 41, 57) | 2 s |" in table
+  assert "| `arf` | 1 | 0.6000 | 0.6000 | +0.1000 (1/1 seeds better); diverged on 1/2 seeds (at steps 12) | 6 s |" in table
+  assert tables.plot(rows, methods, str(tmp_path / "plot.png")) and os.path.getsize(tmp_path / "plot.png") > 1000
 
 
 def test_markdown_pairs_with_every_reference():
   rows = [{"method": m, "seed": s, "recall_e2e": v, "wall_s": 1.0}
           for m, vals in (("bce", (0.5, 0.6)), ("lcron", (0.55, 0.58)), ("arf", (0.6, 0.7))) for s, v in enumerate(vals)]
   methods = ["bce", "lcron", "arf"]
-  table = compare.markdown(rows, compare.summarize(rows, methods), methods, ["bce", "lcron"])
+  table = tables.markdown(rows, tables.summarize(rows, methods), methods, ["bce", "lcron"])
   assert "minus bce (paired)" in table and "minus lcron (paired)" in table
   arf = next(line for line in table.splitlines() if line.startswith("| `arf`"))
   assert "+0.1000 ± 0.0000 (2/2 seeds better)" in arf   # arf - bce: 0.1, 0.1

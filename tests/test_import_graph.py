@@ -28,7 +28,7 @@ LAYERS = {
     "steps": 6, "experiment": 6,
     "trainer": 7, "tuning": 7,
     "workdir": 7,
-    "evaluate": 8, "export": 8, "compare": 8, "day_report": 8,
+    "evaluate": 8, "export": 8, "compare": 8, "day_report": 8, "tables": 0,
 }
 
 
