@@ -102,11 +102,13 @@ def outcome(config: ConfigDict, workdir: str) -> dict | None:
   for a run not finished yet.
 
   Raises:
-    ValueError: if the workdir holds a run of a different config.
+    ValueError: if the workdir holds a run of a different config (keys that change only how a run
+      executes, `configuration.EXECUTION_KEYS`, may differ: such a run resumes with the new values).
   """
   wall_path, diverged_path = os.path.join(workdir, WALL_FILE), os.path.join(workdir, DIVERGED_FILE)
   saved = workdir_lib.saved_config(workdir)
-  changed = [] if saved is None else configuration.differing_keys(saved, config)
+  changed = [] if saved is None else [k for k in configuration.differing_keys(saved, config)
+                                      if k not in configuration.EXECUTION_KEYS]
   if changed:
     raise ValueError(f"compare: {workdir} holds a run of a different config (config.{changed[0]}, "
                      f"{len(changed)} key(s) differ); use another --out")

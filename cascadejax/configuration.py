@@ -36,6 +36,10 @@ from cascadejax.sections import Section, flatten, plain
 # Moving a run's days forward (train on days < t, test on day t, move t) continues it on the new days;
 # the vocabularies (`data.vocab_days`) and so the tables' sizes must stay.
 NEW_DATA_KEYS = ("data.train_days", "data.files")
+# Keys that change how a run executes, never its results (K steps per dispatch and the split on device
+# are bit-identical to one step per call, tests/test_steps_per_call.py): a comparison's finished runs
+# stay comparable when they change (`cascadejax.compare`).
+EXECUTION_KEYS = ("train.steps_per_call", "data.on_device", "train.progress_bar")
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.eval_every", "train.eval_batch_size",
                      "train.checkpoint_every", "train.keep_checkpoints", "train.progress_bar", "mesh.shape",
                      "train.steps_per_call", "data.on_device",

@@ -35,6 +35,10 @@ def test_compare_writes_paired_tables_and_skips_finished_runs(tmp_path):
   again = compare.compare(config, ["independent", "lcron"], 2, str(tmp_path))
   assert again == rows
   assert os.path.getmtime(tmp_path / "runs" / "lcron" / "seed1" / "metrics.jsonl") == mtime
+  # ... also when only how the runs execute changes (bit-identical: K steps per call, the split on device)
+  config.train.steps_per_call, config.data.on_device = 2, True
+  assert compare.compare(config, ["independent", "lcron"], 2, str(tmp_path)) == rows
+  config.train.steps_per_call, config.data.on_device = 1, False
 
   # --finished_only trains nothing: a third seed and a method with no finished run are left out.
   partial = compare.compare(config, ["independent", "lcron", "arf"], 3, str(tmp_path), paired=["lcron", "arf"],
