@@ -21,6 +21,7 @@ def get_config() -> ConfigDict:
   c.data = ConfigDict()
   c.data.name = "synthetic"
   c.data.seed = 0
+  c.data.on_device = False  # True: the training split lives on device, a step moves only row indices
   c.data.num_train = 64_000  # requests
   c.data.num_test = 8_000
   c.data.list_size = 40  # N candidate slots per request
@@ -86,6 +87,7 @@ def get_config() -> ConfigDict:
   c.train = ConfigDict()
   c.train.batch_size = 512
   c.train.steps = 2_000
+  c.train.steps_per_call = 1  # K train steps per jitted dispatch (bit-identical to K = 1)
   c.train.log_every = 100
   c.train.eval_every = 1_000  # 0: only the final evaluation
   c.train.eval_batch_size = 1_024

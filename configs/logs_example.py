@@ -25,6 +25,7 @@ def get_config() -> ConfigDict:
   c = default.get_config()
   c.data = ConfigDict(dict(
       name="logs",
+      on_device=False,  # True: the training split lives on device (a step moves only row indices)
       seed=0,  # which candidates are kept when a request has more than list_size, and their slot order
       list_size=40,  # N: candidates kept per request (every exposed one first)
       dir="/tmp/cascadejax/logs_example",

@@ -33,6 +33,7 @@ def data_config(ks: tuple[int, ...], noise: tuple[float, ...], dims: tuple[int, 
   """`config.data` for the MovieLens cascade logs with the given teacher stages."""
   return ConfigDict(dict(
       name="movielens",
+      on_device=False,  # True: the training split lives on device (a step moves only row indices)
       dir="",  # "" = ../shared/data/movielens-1m beside the project root
       interactions="auto",  # or a file name in dir: u.data, ratings.dat, interactions.csv.gz, ...
       cache_dir="~/.cache/cascadejax",  # "" = no cache (simulate on every load)

@@ -37,6 +37,7 @@ def recflow_data(num_stages: int) -> ConfigDict:
             3: ("prerank_neg", "coarse_neg", "rank_neg", "rerank_neg", "rerank_pos")}[num_stages]
   return ConfigDict(dict(
       name="recflow",
+      on_device=False,  # True: the training split lives on device (a step moves only row indices)
       dir="../shared/data/recflow",  # holds all_stage/, seq_effective_50_dict/, others/
       cache_dir="~/.cache/cascadejax",  # "" disables the cache
       seed=0,  # which candidates are kept when a group has more than per_group, and slot order
