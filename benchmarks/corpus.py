@@ -5,8 +5,9 @@
 
 1. Tuning: exact_top_k at several (chunk_size, group_size) settings, each timed after compilation
    (the best of two calls), checked equal to the first setting's result.
-2. Side by side, `--rounds` times in turn: the machine's memory bandwidth (a numpy copy of a 1 GiB
-   array: bytes read + bytes written per second, as STREAM counts a copy), FAISS IndexFlatIP.search
+2. Side by side, `--rounds` times in turn: the memory bandwidth (a copy of a 1 GiB array: bytes read
+   + bytes written per second, as STREAM counts a copy; numpy on a CPU, a device copy on a GPU,
+   where the fraction is of HBM), FAISS IndexFlatIP.search
    with every core (OpenMP), and exact_top_k at the best setting of step 1. On a shared machine the
    absolute figures move with the load; the ratios within a round are the comparison.
 
@@ -45,12 +46,25 @@ def timed(fn, calls: int = 1) -> tuple[float, object]:
 
 
 def copy_bandwidth(gib: float = 1.0) -> float:
-  """GB/s of a numpy copy of a `gib` GiB float32 array, (read + written bytes) / seconds, best of 3."""
-  src = np.ones(int(gib * 2**30) // 4, np.float32)
-  dst = np.empty_like(src)
-  np.copyto(dst, src)
-  seconds, _ = timed(lambda: np.copyto(dst, src), 3)
-  return 2 * src.nbytes / seconds / 1e9
+  """GB/s of a copy of a `gib` GiB float32 array, (read + written bytes) / seconds, best of 3: a numpy
+  copy on a CPU backend, a jitted device copy (`x + 1` into the donated buffer) on an accelerator,
+  where the table lives in device memory (HBM)."""
+  n = int(gib * 2**30) // 4
+  if jax.default_backend() == "cpu":
+    src = np.ones(n, np.float32)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    seconds, _ = timed(lambda: np.copyto(dst, src), 3)
+  else:
+    bump = jax.jit(lambda x: x + 1, donate_argnums=0)
+    held = [jax.block_until_ready(bump(jnp.ones(n, jnp.float32)))]
+
+    def step():
+      held[0] = bump(held[0])
+      return held[0]
+
+    seconds, _ = timed(step, 3)
+  return 2 * n * 4 / seconds / 1e9
 
 
 def overlap(a: np.ndarray, b: np.ndarray) -> float:
