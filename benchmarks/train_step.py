@@ -1,6 +1,7 @@
 """Train-step and evaluation throughput (requests/s) of a cascade config, side by side in one run.
 
   python benchmarks/train_step.py [--config configs/default.py] [--batch 1024] [--iters 32] [--rounds 3]
+      [--set corpus.negatives=sampled ...]
 
 Prints, after compilation and warm-up: the jitted train step alone (batches already on device), the
 jitted evaluation step alone, the input pipeline alone (grain batches to device), and the training
@@ -15,6 +16,7 @@ once per round, round after round, so that a shared machine's drifting load fall
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import sys
 import time
@@ -47,9 +49,21 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=1024)
   parser.add_argument("--iters", type=int, default=32)
   parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="a config value (dotted key below config, a Python literal or a string), repeatable")
   args = parser.parse_args()
 
   config = configuration.from_file(args.config)
+  for item in args.set:
+    key, _, text = item.partition("=")
+    *sections, name = key.split(".")
+    holder = config
+    for part in sections:
+      holder = holder[part]
+    try:
+      holder[name] = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      holder[name] = text
   config.train.batch_size = config.train.eval_batch_size = args.batch
   config.data.num_train = max(config.data.num_train // 4, 8 * args.batch)  # enough distinct batches
   config.data.num_test = 2 * args.batch

@@ -162,13 +162,15 @@ def validate(config: ConfigDict) -> Sections:
 
 
 def from_file(path: str) -> ConfigDict:
-  """`get_config()` of the Python config file at `path` (as `train.py --config` reads it)."""
+  """`get_config()` of the Python config file at `path` (as `train.py --config` reads it: "file.py",
+  or "file.py:argument" to pass `argument` to `get_config`, e.g. `configs/corpus.py:three_stage`)."""
+  path, *args = path.split(":", 1)
   spec = importlib.util.spec_from_file_location("cascadejax_config", path)
   if spec is None or spec.loader is None:
     raise FileNotFoundError(f"cannot load config file {path!r}")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(*args)
 
 
 def save(config: ConfigDict, workdir: str) -> None:

@@ -120,6 +120,11 @@ def test_from_file_reads_config_files_like_train_py(tmp_path):
       configuration.flatten(three_stage.get_config())
   with pytest.raises(FileNotFoundError, match="cannot load config file"):
     configuration.from_file(str(tmp_path / "missing.txt"))
+  # "file.py:argument" passes the argument to get_config, as config_flags does for train.py
+  corpus = configuration.from_file("configs/corpus.py:three_stage")
+  assert corpus.cascade.stages == ("retrieval", "prerank", "rank") and corpus.corpus.evaluate
+  assert configuration.flatten(configuration.from_file("configs/corpus.py")) == \
+      configuration.flatten(configuration.from_file("configs/corpus.py:default"))
 
 
 @pytest.mark.parametrize("path", sorted(p for p in glob.glob("configs/*.py") if not p.endswith("__init__.py")))
