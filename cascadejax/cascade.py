@@ -125,24 +125,23 @@ class Cascade(nn.Module):
     batch = next(iter(items.values())).shape[0]
     return self._retrieval_model(stage).item_vectors(self.embedders[name](self._placeholder("user", batch), items))
 
-  def item_pools(self, items: Mapping[str, jax.Array], *, stage: int = 0) -> jax.Array | None:
-    """`[B, N]` int32 serving pool of each item for a model with pools (`moe_nominators`), else None."""
+  def _of_pools(self, items: Mapping[str, jax.Array], stage: int, method: str) -> jax.Array | None:
+    """`model.<method>` of the items for stage `stage`'s model if it has item pools, else None."""
     name = self.stages[stage].name
     model = self._retrieval_model(stage)
     if not hasattr(type(model), "item_pools"):
       return None
     batch = next(iter(items.values())).shape[0]
-    return model.item_pools(self.embedders[name](self._placeholder("user", batch), items))
+    return getattr(model, method)(self.embedders[name](self._placeholder("user", batch), items))
+
+  def item_pools(self, items: Mapping[str, jax.Array], *, stage: int = 0) -> jax.Array | None:
+    """`[B, N]` int32 serving pool of each item for a model with pools (`moe_nominators`), else None."""
+    return self._of_pools(items, stage, "item_pools")
 
   def item_log_gates(self, items: Mapping[str, jax.Array], *, stage: int = 0) -> jax.Array | None:
     """`[B, N, E]` log of each item's gate over the pools (`moe_nominators.log_gate`; one-hot for
     fixed pools), or None for a model without pools."""
-    name = self.stages[stage].name
-    model = self._retrieval_model(stage)
-    if not hasattr(type(model), "item_pools"):
-      return None
-    batch = next(iter(items.values())).shape[0]
-    return model.log_gate(self.embedders[name](self._placeholder("user", batch), items))
+    return self._of_pools(items, stage, "log_gate")
 
   def mix_pool_scores(self, scores: jax.Array, log_gate: jax.Array, *, stage: int = 0) -> jax.Array:
     """`[...]` training scores of a model with pools from its nominators' scores `[..., E]` (each

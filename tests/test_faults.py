@@ -10,7 +10,6 @@ the final metrics, the parameters and the report log of one uninterrupted run.
 
 import errno
 import glob
-import json
 import logging
 import os
 import shutil
