@@ -14,15 +14,22 @@ processes on one machine:
   export CASCADEJAX_DISTRIBUTED=1 JAX_COORDINATOR_ADDRESS=127.0.0.1:1234 JAX_NUM_PROCESSES=2
   JAX_PROCESS_ID=0 python train.py --config ... --workdir W &
   JAX_PROCESS_ID=1 python train.py --config ... --workdir W
+
+On Linux it first re-executes itself once with glibc's malloc asking for huge pages, which makes
+CPU steps up to 1.7x faster (`cascadejax.huge_pages`; `CASCADEJAX_HUGE_PAGES=0` turns it off).
 """
 
 import os
 
-import jax
-from absl import app, flags
-from ml_collections import config_flags
+if __name__ == "__main__":  # first of all: glibc reads its tunables at process start
+  from cascadejax import huge_pages
+  huge_pages.reexec()
 
-from cascadejax import metric_writer, overrides, trainer
+import jax  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from cascadejax import metric_writer, overrides, trainer  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (a Python file with get_config()).",
                                           lock_config=True)

@@ -33,11 +33,17 @@ method's loss forward + backward given the scores, and the optimizer update.
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
 import sys
-import time
+
+if __name__ == "__main__":  # as train.py: glibc's malloc asks for huge pages (CASCADEJAX_HUGE_PAGES=0: without)
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from cascadejax import huge_pages
+  huge_pages.reexec()
+
+import argparse  # noqa: E402
+import platform  # noqa: E402
+import time  # noqa: E402
 
 import jax
 import jax.numpy as jnp

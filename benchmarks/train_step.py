@@ -15,11 +15,17 @@ once per round, round after round, so that a shared machine's drifting load fall
 
 from __future__ import annotations
 
-import argparse
-import ast
 import os
 import sys
-import time
+
+if __name__ == "__main__":  # as train.py: glibc's malloc asks for huge pages (CASCADEJAX_HUGE_PAGES=0: without)
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  from cascadejax import huge_pages
+  huge_pages.reexec()
+
+import argparse  # noqa: E402
+import ast  # noqa: E402
+import time  # noqa: E402
 
 import jax
 import numpy as np

@@ -37,7 +37,11 @@ method; needs matplotlib, `pip install cascadejax[plot]`).
 
 from __future__ import annotations
 
-import ast
+if __name__ == "__main__":  # first of all: glibc reads its tunables at process start (cascadejax.huge_pages)
+  from cascadejax import huge_pages
+  huge_pages.reexec()
+
+import ast  # noqa: E402
 import csv
 import json
 import os

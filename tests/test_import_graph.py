@@ -19,7 +19,7 @@ PACKAGE = ROOT / "cascadejax"
 LAYERS = {
     "sections": 0, "data": 0, "ops": 0, "checkpoint": 0, "metric_writer": 0, "optimizer": 0,
     "overrides": 0,
-    "files": 0, "faults": 0, "checksums": 0, "workdir_lock": 0,
+    "files": 0, "faults": 0, "checksums": 0, "workdir_lock": 0, "huge_pages": 0,
     "embedding": 1, "losses": 1, "mesh": 1, "rerank": 1, "multitask": 3,
     "models": 2,
     "cascade": 3,
