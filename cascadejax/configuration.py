@@ -41,8 +41,7 @@ NEW_DATA_KEYS = ("data.train_days", "data.files")
 # stay comparable when they change (`cascadejax.compare`).
 EXECUTION_KEYS = ("train.steps_per_call", "data.on_device", "train.progress_bar")
 RESUMABLE_CHANGES = ("train.steps", "train.log_every", "train.eval_every", "train.eval_batch_size",
-                     "train.checkpoint_every", "train.keep_checkpoints", "train.progress_bar", "mesh.shape",
-                     "train.steps_per_call", "data.on_device",
+                     "train.checkpoint_every", "train.keep_checkpoints", "mesh.shape", *EXECUTION_KEYS,
                      *NEW_DATA_KEYS, "data.test_days")
 
 

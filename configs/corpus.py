@@ -28,7 +28,9 @@ def get_config(base: str = "default") -> ConfigDict:
   """`configs/<base>.py`'s config with full-corpus evaluation on (and corpus negatives available)."""
   try:
     module = importlib.import_module(f"configs.{base}")
-  except ModuleNotFoundError:
+  except ModuleNotFoundError as err:
+    if err.name != f"configs.{base}":  # the module exists but something it imports does not
+      raise
     raise ValueError(f"configs/corpus.py:{base}: no config module configs/{base}.py") from None
   c = module.get_config()
   c.corpus = ConfigDict(dict(evaluate=True, negatives="none", num_negatives=1024, weight=1.0, temperature=1.0))
