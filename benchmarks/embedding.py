@@ -6,7 +6,8 @@
                                  [--devices 1,2,4,8] [--routings gather,all_to_all,all_to_all:2] [--iters 5]
                                  [--platform cpu|cuda|tpu] [--peak-gbps GB/s]
 
---bandwidth (issue 23): one process on the default device (CPU here, the GPU where there is one:
+--bandwidth (issue 23): one process on the default device, re-executed with huge pages as train.py
+(`cascadejax.huge_pages`; `CASCADEJAX_HUGE_PAGES=0` runs it without) (CPU here, the GPU where there is one:
 the same command). Sizes come from the device: 1M ids (8M on an accelerator, halved until Adam's
 working set fits 60% of its memory) x dim 128 float32, a table of twice as many rows, uniform ids.
 Each path is jitted and timed round-robin with the ceiling (`--rounds`; the medians are printed and
@@ -57,6 +58,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+if __name__ == "__main__":  # as train.py: glibc's malloc asks for huge pages (CASCADEJAX_HUGE_PAGES=0: without)
+  from cascadejax import huge_pages
+  huge_pages.reexec()
 
 
 def _timed(fn, *args, iters: int) -> tuple[float, object]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 
@@ -128,7 +129,8 @@ def bandwidth(a: argparse.Namespace) -> None:
   frac = np.median(gbps / ceiling[:, None], 0)
   print(f"device {device.device_kind} ({device.platform}); ids {n:,} x dim {d} float32, table {rows:,} rows "
         f"({rows * row / 2**30:.2f} GiB), {u:,} distinct ids; bags {bags:,} x {bag}; copy {copy_n * 4 / 2**20:.0f} MiB; "
-        f"medians of {a.rounds} rounds, ceiling {np.median(ceiling):.2f} GB/s", flush=True)
+        f"medians of {a.rounds} rounds, ceiling {np.median(ceiling):.2f} GB/s; "
+        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}", flush=True)
   print(f"{'group':11} {'path':44} {'ms':>9} {'GB':>7} {'GB/s':>8} {'ceiling':>8} {'fraction':>9}")
   for j, (group, path, *_rest) in enumerate(cases):
     print(f"{group:11} {path:44} {np.median(times[:, j]) * 1e3:>9.1f} {cases[j][5] / 1e9:>7.3f} "
