@@ -130,6 +130,26 @@ check_env_pair() {
 
 # ---- Cloud TPU ------------------------------------------------------------------------------
 
+# location_flag ARG... : for --name, --zone and --project (with $1 the flag, $2 its value) sets
+# TPU_NAME, ZONE or PROJECT_ID and succeeds, so the option loop shifts 2; fails for any other flag.
+# Call as `if location_flag "$@"; then shift 2; continue; fi` at the top of the option loop.
+location_flag() {
+  case "$1" in
+    --name) need_value "$@"; TPU_NAME=$2 ;;
+    --zone) need_value "$@"; ZONE=$2 ;;
+    --project) need_value "$@"; PROJECT_ID=$2 ;;
+    *) return 1 ;;
+  esac
+}
+
+# require_location : exits with a usage error unless the TPU VM is named: --name, --zone and
+# --project (or $TPU_NAME, $ZONE, $PROJECT_ID), as every tpu_scripts/ command needs them.
+require_location() {
+  require "${TPU_NAME:-}" --name TPU_NAME
+  require "${ZONE:-}" --zone ZONE
+  require "${PROJECT_ID:-}" --project PROJECT_ID
+}
+
 # default_runtime ACCELERATOR_TYPE : the TPU software version Google recommends for JAX on that
 # TPU generation (cloud.google.com/tpu/docs/runtimes), or nothing if the generation is unknown.
 default_runtime() {

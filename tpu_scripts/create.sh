@@ -41,10 +41,8 @@ EXTRA=()
 split_equals "$@"
 set -- "${CJ_ARGS[@]}"
 while (($#)); do
+  if location_flag "$@"; then shift 2; continue; fi
   case "$1" in
-    --name) need_value "$@"; TPU_NAME=$2; shift 2 ;;
-    --zone) need_value "$@"; ZONE=$2; shift 2 ;;
-    --project) need_value "$@"; PROJECT_ID=$2; shift 2 ;;
     --accelerator-type) need_value "$@"; ACCELERATOR_TYPE=$2; shift 2 ;;
     --runtime-version) need_value "$@"; RUNTIME_VERSION=$2; shift 2 ;;
     --spot) SPOT=1; shift ;;
@@ -58,9 +56,7 @@ while (($#)); do
   esac
 done
 
-require "$TPU_NAME" --name TPU_NAME
-require "$ZONE" --zone ZONE
-require "$PROJECT_ID" --project PROJECT_ID
+require_location
 require "$ACCELERATOR_TYPE" --accelerator-type ACCELERATOR_TYPE
 if [[ -z $RUNTIME_VERSION ]]; then
   RUNTIME_VERSION=$(default_runtime "$ACCELERATOR_TYPE")

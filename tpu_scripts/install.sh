@@ -42,10 +42,8 @@ INTERNAL_IP=0
 split_equals "$@"
 set -- "${CJ_ARGS[@]}"
 while (($#)); do
+  if location_flag "$@"; then shift 2; continue; fi
   case "$1" in
-    --name) need_value "$@"; TPU_NAME=$2; shift 2 ;;
-    --zone) need_value "$@"; ZONE=$2; shift 2 ;;
-    --project) need_value "$@"; PROJECT_ID=$2; shift 2 ;;
     --source) need_value "$@"; SOURCE=$2; shift 2 ;;
     --repo-url) need_value "$@"; REPO_URL=$2; shift 2 ;;
     --ref) need_value "$@"; REF=$2; shift 2 ;;
@@ -61,9 +59,7 @@ while (($#)); do
   esac
 done
 
-require "$TPU_NAME" --name TPU_NAME
-require "$ZONE" --zone ZONE
-require "$PROJECT_ID" --project PROJECT_ID
+require_location
 case "$SOURCE" in
   local) ;;
   git) require "$REPO_URL" --repo-url CASCADEJAX_REPO_URL ;;

@@ -51,10 +51,8 @@ TRAIN_ARGS=()
 split_equals "$@"
 set -- "${CJ_ARGS[@]}"
 while (($#)); do
+  if location_flag "$@"; then shift 2; continue; fi
   case "$1" in
-    --name) need_value "$@"; TPU_NAME=$2; shift 2 ;;
-    --zone) need_value "$@"; ZONE=$2; shift 2 ;;
-    --project) need_value "$@"; PROJECT_ID=$2; shift 2 ;;
     --config) need_value "$@"; CONFIG=$2; shift 2 ;;
     --workdir) need_value "$@"; WORKDIR=$2; shift 2 ;;
     --run-name) need_value "$@"; RUN_NAME=$2; shift 2 ;;
@@ -71,9 +69,7 @@ while (($#)); do
   esac
 done
 
-require "$TPU_NAME" --name TPU_NAME
-require "$ZONE" --zone ZONE
-require "$PROJECT_ID" --project PROJECT_ID
+require_location
 require "$CONFIG" --config CASCADEJAX_CONFIG
 require "$WORKDIR" --workdir CASCADEJAX_WORKDIR
 # One name for every worker, chosen here (the workers' clocks could straddle a second).

@@ -33,10 +33,8 @@ INTERNAL_IP=0
 split_equals "$@"
 set -- "${CJ_ARGS[@]}"
 while (($#)); do
+  if location_flag "$@"; then shift 2; continue; fi
   case "$1" in
-    --name) need_value "$@"; TPU_NAME=$2; shift 2 ;;
-    --zone) need_value "$@"; ZONE=$2; shift 2 ;;
-    --project) need_value "$@"; PROJECT_ID=$2; shift 2 ;;
     --run-name) need_value "$@"; RUN_NAME=$2; shift 2 ;;
     --worker) need_value "$@"; WORKER=$2; shift 2 ;;
     --lines) need_value "$@"; check_int "$2" --lines; LINES=$2; shift 2 ;;
@@ -48,9 +46,7 @@ while (($#)); do
   esac
 done
 
-require "$TPU_NAME" --name TPU_NAME
-require "$ZONE" --zone ZONE
-require "$PROJECT_ID" --project PROJECT_ID
+require_location
 [[ $WORKER =~ ^(all|[0-9]+([,-][0-9]+)*)$ ]] || usage_error "--worker must be all, a number or a list like 0,3"
 warn_ssh_agent
 

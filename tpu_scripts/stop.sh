@@ -27,10 +27,8 @@ INTERNAL_IP=0
 split_equals "$@"
 set -- "${CJ_ARGS[@]}"
 while (($#)); do
+  if location_flag "$@"; then shift 2; continue; fi
   case "$1" in
-    --name) need_value "$@"; TPU_NAME=$2; shift 2 ;;
-    --zone) need_value "$@"; ZONE=$2; shift 2 ;;
-    --project) need_value "$@"; PROJECT_ID=$2; shift 2 ;;
     --run-name) need_value "$@"; RUN_NAME=$2; shift 2 ;;
     --remote-dir) need_value "$@"; REMOTE_DIR=$2; shift 2 ;;
     --internal-ip) INTERNAL_IP=1; shift ;;
@@ -40,9 +38,7 @@ while (($#)); do
   esac
 done
 
-require "$TPU_NAME" --name TPU_NAME
-require "$ZONE" --zone ZONE
-require "$PROJECT_ID" --project PROJECT_ID
+require_location
 warn_ssh_agent
 
 stop=(bash "$REMOTE_DIR/tpu_scripts/worker_run.sh" --stop)

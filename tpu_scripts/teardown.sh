@@ -29,10 +29,8 @@ ASYNC=0
 split_equals "$@"
 set -- "${CJ_ARGS[@]}"
 while (($#)); do
+  if location_flag "$@"; then shift 2; continue; fi
   case "$1" in
-    --name) need_value "$@"; TPU_NAME=$2; shift 2 ;;
-    --zone) need_value "$@"; ZONE=$2; shift 2 ;;
-    --project) need_value "$@"; PROJECT_ID=$2; shift 2 ;;
     --queued) QUEUED=1; shift ;;
     --async) ASYNC=1; shift ;;
     --dry-run) CJ_DRY_RUN=1; shift ;;
@@ -41,9 +39,7 @@ while (($#)); do
   esac
 done
 
-require "$TPU_NAME" --name TPU_NAME
-require "$ZONE" --zone ZONE
-require "$PROJECT_ID" --project PROJECT_ID
+require_location
 tpu_location_flags
 flags=(--quiet)  # no confirmation prompt
 if ((ASYNC)); then flags+=(--async); fi
