@@ -30,7 +30,10 @@ table of a comparison still running (in another process, or to be resumed later)
 
 Outputs in OUT: `runs.csv` (one row per run: final test metrics and wall time), `summary.csv` (mean
 and std per method), `results.md` (the table, with paired differences against the first method or
-the `--paired` entries, and with --tune a "Tuning" section: every value's validation `recall_e2e`, the choice marked),
+the `--paired` entries; for runs with `config.corpus.evaluate`, `corpus_recall_e2e` and its paired
+differences too, and on how many seeds the logged and the corpus metric put each method on the same
+side of the first reference; with --tune a "Tuning" section: every value's validation `recall_e2e`,
+the choice marked),
 `tuning.csv` (the same per value, with --tune) and `recall_e2e.png` (every seed's `recall_e2e` per
 method; needs matplotlib, `pip install cascadejax[plot]`).
 """

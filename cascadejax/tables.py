@@ -9,11 +9,17 @@ from typing import Sequence
 import numpy as np
 
 
+# The end-to-end recall from the whole corpus (`config.corpus.evaluate`), beside the logged one.
+CORPUS = "corpus_recall_e2e"
+
+
 def metric_names(rows: list[dict]) -> list[str]:
-  """`recall_e2e` first, then the other model metrics (random-selection references last)."""
-  names = sorted({k for r in rows for k in r if "/" in k or k.startswith("recall")} - {"recall_e2e"})
+  """`recall_e2e` first (and `corpus_recall_e2e` where runs have it), then the other model metrics
+  (random-selection references last)."""
+  ends = ["recall_e2e"] + ([CORPUS] if any(CORPUS in r for r in rows) else [])
+  names = sorted({k for r in rows for k in r if "/" in k or k.startswith("recall")} - set(ends))
   model = [n for n in names if not n.endswith("_random")]
-  return ["recall_e2e"] + model + [n for n in names if n.endswith("_random")]
+  return ends + model + [n for n in names if n.endswith("_random")]
 
 
 def summarize(rows: list[dict], methods: list[str]) -> list[dict]:
@@ -44,11 +50,16 @@ def _spread(std: float, n: int) -> str:
   return f" ± {std:.4f}" if n > 1 else ""
 
 
-def _paired(rows: list[dict], method: str, reference: str) -> str:
+def _differences(rows: list[dict], method: str, reference: str, metric: str) -> dict[int, float]:
+  """Per seed that both finished: `method`'s `metric` minus `reference`'s."""
+  ref = {r["seed"]: r[metric] for r in rows if r["method"] == reference and metric in r}
+  return {r["seed"]: r[metric] - ref[r["seed"]] for r in rows if r["method"] == method and r["seed"] in ref
+          and metric in r}
+
+
+def _paired(rows: list[dict], method: str, reference: str, metric: str = "recall_e2e") -> str:
   """`"+0.0123 ± 0.0040 (4/5 seeds better)"`: `method` minus `reference` on the seeds both finished."""
-  ref = {r["seed"]: r["recall_e2e"] for r in rows if r["method"] == reference and "recall_e2e" in r}
-  diffs = np.array([r["recall_e2e"] - ref[r["seed"]] for r in rows
-                    if r["method"] == method and r["seed"] in ref and "recall_e2e" in r])
+  diffs = np.array(list(_differences(rows, method, reference, metric).values()))
   if method == reference or not len(diffs):
     return ""
   return (f"{diffs.mean():+.4f}{_spread(diffs.std(ddof=1) if len(diffs) > 1 else 0.0, len(diffs))} "
@@ -59,25 +70,48 @@ def markdown(rows: list[dict], summary: list[dict], methods: list[str],
              references: Sequence[str] = ()) -> str:
   """The comparison table: per method the number of seeds that finished, mean +/- std (the mean
   alone for one seed), and the paired difference to each of `references` (default: the first
-  method)."""
+  method). Runs evaluated from the whole corpus also get `corpus_recall_e2e`'s paired differences
+  and, below the table, on how many seeds the logged and the corpus difference to the first
+  reference have the same sign (`ranking_agreement`)."""
   references = list(references) or methods[:1]
-  stage_recalls = [n for n in metric_names(rows) if "/recall@" in n and not n.endswith("_random")]
-  cols = ["recall_e2e"] + stage_recalls
-  head = ["method", "seeds", *[f"`{c}`" for c in cols], *[f"`recall_e2e` minus {r} (paired)" for r in references],
-          "wall time"]
+  names = metric_names(rows)
+  ends = [n for n in ("recall_e2e", CORPUS) if n in names]
+  stage_recalls = [n for n in names if "/recall@" in n and not n.endswith("_random")]
+  cols = ends + stage_recalls
+  head = ["method", "seeds", *[f"`{c}`" for c in cols],
+          *[f"`{e}` minus {r} (paired)" for e in ends for r in references], "wall time"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for s in summary:
     cells = [f"`{s['method']}`", str(s["seeds"])] + [f"{s[c + '_mean']:.4f}{_spread(s[c + '_std'], s['seeds'])}"
                                     if c + "_mean" in s else "diverged" for c in cols]
-    for i, ref in enumerate(references):
-      diverged = _diverged(rows, s["method"]) if i == 0 else ""
-      cells.append("; ".join(x for x in (_paired(rows, s["method"], ref), diverged) if x))
+    for e in ends:
+      for i, ref in enumerate(references):
+        diverged = _diverged(rows, s["method"]) if i == 0 and e == "recall_e2e" else ""
+        cells.append("; ".join(x for x in (_paired(rows, s["method"], ref, e), diverged) if x))
     cells.append(f"{s['wall_s_mean']:.0f} s")
     lines.append("| " + " | ".join(cells) + " |")
   random = [r["recall_e2e_random"] for r in rows if "recall_e2e_random" in r]
   if random:
     lines.append(f"| random selection | | {np.mean(random):.4f} |" + " |" * (len(head) - 3))
+  agreement = [ranking_agreement(rows, s["method"], references[0]) for s in summary] if CORPUS in ends else []
+  if any(agreement):
+    lines += ["", f"Logged and corpus rankings against `{references[0]}` (same sign of the paired "
+              f"`recall_e2e` and `{CORPUS}` differences): "
+              + "; ".join(f"`{s['method']}` {a}" for s, a in zip(summary, agreement) if a) + "."]
   return "\n".join(lines) + "\n"
+
+
+def ranking_agreement(rows: list[dict], method: str, reference: str) -> str:
+  """`"agree on 1/3 seeds (disagree: 1, 2)"`: on how many seeds `method` is on the same side of
+  `reference` by the logged-candidate `recall_e2e` as by `corpus_recall_e2e`; "" without such seeds."""
+  logged = _differences(rows, method, reference, "recall_e2e")
+  corpus = _differences(rows, method, reference, CORPUS)
+  seeds = sorted(set(logged) & set(corpus))
+  if method == reference or not seeds:
+    return ""
+  disagree = [s for s in seeds if np.sign(logged[s]) != np.sign(corpus[s])]
+  return (f"agree on {len(seeds) - len(disagree)}/{len(seeds)} seeds"
+          + (f" (disagree: {', '.join(map(str, disagree))})" if disagree else ""))
 
 
 def plot(rows: list[dict], methods: list[str], path: str) -> bool:

@@ -122,3 +122,25 @@ def test_markdown_pairs_with_every_reference():
   assert "+0.0850 ± 0.0495 (2/2 seeds better)" in arf   # arf - lcron: 0.05, 0.12
   with pytest.raises(ValueError, match=r"--paired \['icc'\] are not --methods entries"):
     compare.compare(tiny_config(), methods, 1, "/nonexistent", paired=["icc"])
+
+
+def test_corpus_runs_get_paired_corpus_columns_and_the_ranking_agreement():
+  # lcron - independent: logged +0.02, -0.01, +0.03; corpus -0.04, -0.02, +0.01 -> same sign on seeds 1, 2.
+  logged = {"independent": (0.70, 0.70, 0.70), "lcron": (0.72, 0.69, 0.73)}
+  corpus = {"independent": (0.10, 0.10, 0.10), "lcron": (0.06, 0.08, 0.11)}
+  rows = [{"method": m, "seed": s, "recall_e2e": logged[m][s], "corpus_recall_e2e": corpus[m][s], "wall_s": 1.0}
+          for m in logged for s in range(3)]
+  methods = ["independent", "lcron"]
+  summary = tables.summarize(rows, methods)
+  assert tables.metric_names(rows)[:2] == ["recall_e2e", "corpus_recall_e2e"]
+  assert abs(summary[1]["corpus_recall_e2e_mean"] - 0.25 / 3) < 1e-12
+  table = tables.markdown(rows, summary, methods)
+  assert "| method | seeds | `recall_e2e` | `corpus_recall_e2e` | `recall_e2e` minus independent (paired) | " \
+         "`corpus_recall_e2e` minus independent (paired) | wall time |" in table
+  lcron = next(line for line in table.splitlines() if line.startswith("| `lcron`"))
+  assert "+0.0133 ± 0.0208 (2/3 seeds better)" in lcron and "-0.0167 ± 0.0252 (1/3 seeds better)" in lcron
+  assert tables.ranking_agreement(rows, "lcron", "independent") == "agree on 2/3 seeds (disagree: 0)"
+  assert "`lcron` agree on 2/3 seeds (disagree: 0)." in table
+  assert tables.ranking_agreement(rows, "independent", "independent") == ""
+  plain = [{k: v for k, v in r.items() if k != "corpus_recall_e2e"} for r in rows]
+  assert "corpus" not in tables.markdown(plain, tables.summarize(plain, methods), methods)
