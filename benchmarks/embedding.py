@@ -6,9 +6,9 @@
                                  [--devices 1,2,4,8] [--routings gather,all_to_all,all_to_all:2] [--iters 5]
                                  [--platform cpu|cuda|tpu] [--peak-gbps GB/s]
 
---bandwidth (issue 23): one process on the default device, re-executed with huge pages as train.py
-(`cascadejax.huge_pages`; `CASCADEJAX_HUGE_PAGES=0` runs it without) (CPU here, the GPU where there is one:
-the same command). Sizes come from the device: 1M ids (8M on an accelerator, halved until Adam's
+--bandwidth (issue 23): one process on the default device (CPU here, the GPU where there is one: the
+same command), re-executed with huge pages as train.py is (`cascadejax.huge_pages`;
+`CASCADEJAX_HUGE_PAGES=0` runs it without). Sizes come from the device: 1M ids (8M on an accelerator, halved until Adam's
 working set fits 60% of its memory) x dim 128 float32, a table of twice as many rows, uniform ids.
 Each path is jitted and timed round-robin with the ceiling (`--rounds`; the medians are printed and
 the fraction is the median of each round's ratio to that round's ceiling). The ceiling is the
